@@ -1,0 +1,70 @@
+"""The errors decouple raises for bad input.
+
+Every user-facing error derives from :class:`DecoupleError` (itself a ``ValueError``),
+names the offending value and says how to fix it. Internal invariants use ``assert``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "DecoupleError",
+    "TraceError",
+    "SplitError",
+    "TiedParameterError",
+    "TargetError",
+    "ConfigError",
+    "InputError",
+    "StageError",
+    "close_matches",
+]
+
+
+class DecoupleError(ValueError):
+    """Base class of every error decouple raises for bad input."""
+
+
+class TraceError(DecoupleError):
+    """The model could not be traced into a graph."""
+
+
+class SplitError(DecoupleError):
+    """A split specification does not describe a valid partition of the graph."""
+
+
+class TiedParameterError(DecoupleError):
+    """A parameter (or a tensor computed from parameters) would be shared by two stages."""
+
+
+class TargetError(DecoupleError):
+    """Targets given to a training call do not fit the local objectives."""
+
+
+class ConfigError(DecoupleError):
+    """An option of :func:`decouple.convert` is unknown or has a bad value."""
+
+
+class InputError(DecoupleError):
+    """Inputs given to a converted model do not match its traced signature."""
+
+
+class StageError(RuntimeError):
+    """A stage failed while training; ``stage`` and ``batch`` say where.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, stage: int, batch: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.batch = batch
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> str:
+    """Return ``"; did you mean 'a', 'b'?"`` or an empty string when nothing is close."""
+    matches = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    return "; did you mean " + ", ".join(repr(m) for m in matches) + "?"

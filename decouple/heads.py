@@ -1,0 +1,225 @@
+"""Modules that turn a stage's representation into a vector and project it: pools and heads.
+
+A representation can be a feature map ``(N, C, H, W)``, a sequence ``(N, T, D)``, a
+channel-first signal ``(N, C, L)`` or a vector ``(N, D)``. ``make_pool`` picks how it becomes a
+vector; the default keeps heads independent of input resolution by average-pooling feature maps
+to a small fixed grid (the papers flatten, which ties head size to the example input size and
+grows to tens of millions of parameters on large maps: ``pool="flatten"`` gives that).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = [
+    "first_tensor",
+    "Flatten",
+    "GridPool",
+    "TokenMean",
+    "TokenSelect",
+    "make_pool",
+    "make_projector",
+    "output_dim",
+    "POOLS",
+    "CHANNEL_FIRST_MODULES",
+]
+
+POOLS = ("auto", "avg", "flatten", "mean", "first", "cls", "last", "none")
+
+#: modules whose 3-D outputs are channel-first (N, C, L) rather than sequences (N, T, D).
+CHANNEL_FIRST_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.ConvTranspose1d,
+    nn.BatchNorm1d,
+    nn.InstanceNorm1d,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+)
+
+#: the cap on pooled feature size that the default grid respects (channels * grid cells).
+MAX_POOLED_FEATURES = 4096
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    """The first tensor of a (possibly nested) module output."""
+    if isinstance(value, torch.Tensor):
+        return value
+    for leaf in pytree.tree_leaves(value):
+        if isinstance(leaf, torch.Tensor):
+            return leaf
+    raise TypeError(f"expected a tensor or a structure holding one, got {type(value).__name__}")
+
+
+class Flatten(nn.Module):
+    """``x.flatten(1)``: the papers' head input (size tied to the example input's resolution)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return first_tensor(x).flatten(1)
+
+
+class GridPool(nn.Module):
+    """Adaptive average pooling of a channel-first map to a fixed ``size`` grid, then flatten."""
+
+    def __init__(self, size: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.size = size
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = first_tensor(x)
+        pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[self.spatial_dims - 1]
+        return pool(x, self.size).flatten(1)  # (N, C * size**spatial_dims)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, spatial_dims={self.spatial_dims}"
+
+
+class TokenMean(nn.Module):
+    """Mean over the token axis of ``(N, T, D)``; with a mask ``(N, T)``, over real tokens only."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = first_tensor(x)
+        if mask is None:
+            return x.mean(dim=1)
+        weights = mask.to(x.dtype).unsqueeze(-1)  # (N, T, 1)
+        return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class TokenSelect(nn.Module):
+    """One token of ``(N, T, D)``: the first (``index=0``, CLS) or the last (``index=-1``).
+
+    With a mask and ``index=-1``, the last real token of each sequence (right padding).
+    """
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = first_tensor(x)
+        if mask is None or self.index == 0:
+            return x[:, self.index]
+        last = mask.long().sum(dim=1).clamp(min=1) - 1  # (N,)
+        return x[torch.arange(x.shape[0], device=x.device), last]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
+class _Vector(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = first_tensor(x)
+        return x if x.dim() == 2 else x.flatten(1)
+
+
+def make_pool(
+    kind: str | Callable[[], nn.Module] | nn.Module,
+    example: torch.Tensor,
+    *,
+    channel_first: bool = False,
+    size: int | None = None,
+) -> nn.Module:
+    """Build the module that turns a representation like ``example`` into ``(N, D)``.
+
+    ``channel_first`` says a 3-D representation is ``(N, C, L)`` (it came from a Conv1d-like
+    module) rather than a sequence ``(N, T, D)``.
+    """
+    if isinstance(kind, nn.Module):
+        return kind
+    if callable(kind) and not isinstance(kind, str):
+        module = kind()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"pool factory returned {type(module).__name__}, expected an nn.Module")
+        return module
+    if kind not in POOLS:
+        raise ConfigError(f"unknown pool {kind!r}; choose one of {', '.join(POOLS)}, or pass a module factory")
+    dims = example.dim()
+    if kind in ("none",) or dims <= 2:
+        return _Vector()
+    if kind == "flatten":
+        return Flatten()
+    sequence = dims == 3 and not channel_first
+    if kind == "auto":
+        kind = "mean" if sequence else "avg"
+    if kind == "mean":
+        if dims != 3:
+            raise ConfigError(f"pool='mean' averages over tokens of (N, T, D); the representation has shape {tuple(example.shape)}")
+        return TokenMean()
+    if kind in ("first", "cls", "last"):
+        if dims != 3:
+            raise ConfigError(f"pool={kind!r} selects a token of (N, T, D); the representation has shape {tuple(example.shape)}")
+        return TokenSelect(-1 if kind == "last" else 0)
+    # "avg": a fixed grid over the spatial dims of a channel-first map
+    spatial = dims - 2
+    if spatial > 3:
+        return Flatten()
+    channels = example.shape[1]
+    if size is None:
+        smallest = min(int(s) for s in example.shape[2:])
+        size = 1
+        for g in (4, 2):
+            if channels * g**spatial <= MAX_POOLED_FEATURES and g <= max(smallest, 1):
+                size = g
+                break
+    return GridPool(size, spatial)
+
+
+def make_projector(
+    kind: str | Callable[[int], nn.Module],
+    in_dim: int,
+    dims: Sequence[int] = (512, 1024),
+    *,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Module:
+    """A projection head from ``in_dim``: "mlp" (Linear-ReLU-...-Linear over ``dims``), "linear", "identity"."""
+    if callable(kind) and not isinstance(kind, str):
+        module = kind(in_dim)
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"head factory returned {type(module).__name__}, expected an nn.Module")
+        return module
+    dims = tuple(int(d) for d in dims)
+    if kind == "identity":
+        return nn.Identity()
+    if not dims or any(d <= 0 for d in dims):
+        raise ConfigError(f"head_dims must be positive sizes, got {dims!r}")
+    if kind == "linear":
+        return nn.Linear(in_dim, dims[-1])
+    if kind == "mlp":
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for i, d in enumerate(dims):
+            layers.append(nn.Linear(prev, d))
+            if i < len(dims) - 1:
+                layers.append(activation())
+            prev = d
+        return nn.Sequential(*layers)
+    raise ConfigError(f"unknown head {kind!r}; choose 'mlp', 'linear', 'identity', or pass a callable dim -> nn.Module")
+
+
+def output_dim(module: nn.Module, example: torch.Tensor) -> int:
+    """The feature size ``module`` produces for a representation shaped like ``example``.
+
+    Runs on the meta device: no data, no compute, no change to ``module``.
+    """
+    meta = torch.empty(example.shape, dtype=example.dtype, device="meta")
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        module = copy.deepcopy(module).to("meta")
+    try:
+        with torch.no_grad():
+            out = module(meta)
+    except Exception as exc:
+        raise ConfigError(
+            f"{type(module).__name__} fails on a representation of shape {tuple(example.shape)}: {exc}"
+        ) from exc
+    return int(first_tensor(out).shape[-1])

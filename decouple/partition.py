@@ -1,0 +1,455 @@
+"""Partition a traced graph into contiguous stages at split points.
+
+A split names a module (``"layer2"``, ``"features.7"``) or an fx node; the cut falls right after
+the last node the module's call runs. Every node then belongs to one stage by graph order, with
+two refinements: ``get_attr`` nodes are re-read by each stage that uses them, and values that do
+not depend on the model's inputs (constants, tensors computed only from parameters) move to the
+stage that uses them, so they never cross a cut without their gradient.
+
+The values that cross cut ``k`` (``Partition.boundaries[k]``) are the edges of a networkx view
+of the graph that leave stages ``<= k`` for stages ``> k``: skip connections, masks and shapes
+computed early are carried across, never recomputed and never dropped.
+
+Index letters: ``k`` a stage or the cut after it, ``i`` a node's position in graph order.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import SplitError, TiedParameterError, close_matches
+from .trace import Trace, tensor_leaves
+
+__all__ = [
+    "SplitPoint",
+    "StagePlan",
+    "Partition",
+    "ModuleCall",
+    "GraphView",
+    "module_calls",
+    "resolve_splits",
+    "partition",
+]
+
+_COMPUTE_OPS = ("call_module", "call_function", "call_method")
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """One call of a module in the graph: the positions of the nodes it ran."""
+
+    key: str  # "layer1", or "block@1" for the second call of "block"
+    qualname: str
+    positions: tuple[int, ...]
+
+    @property
+    def last(self) -> int:
+        return max(self.positions)
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    """A resolved split: the cut falls after graph position ``cut``."""
+
+    spec: str  # what the user wrote
+    kind: str  # "module" or "node"
+    cut: int
+    representation: str  # node whose value the stage's local head reads
+
+    def __repr__(self) -> str:
+        return f"SplitPoint({self.spec!r}, cut after #{self.cut}, head reads {self.representation!r})"
+
+
+@dataclass
+class StagePlan:
+    """What one stage computes and exchanges.
+
+    ``nodes``: graph nodes it runs, in graph order (``get_attr`` nodes it reads included).
+    ``inputs``: message values it reads; ``outputs``: values it produces that later stages read.
+    ``representation``: the value its local head reads (``None`` for the last stage).
+    """
+
+    index: int
+    nodes: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    representation: str | None
+    split: SplitPoint | None
+    modules: list[str] = field(default_factory=list)  # top-level module scopes it covers, in order
+
+    def __repr__(self) -> str:
+        ends = f", ends at {self.split.spec!r}" if self.split else ""
+        return (
+            f"StagePlan({self.index}: {len([n for n in self.nodes])} nodes, "
+            f"in={self.inputs}, out={self.outputs}{ends})"
+        )
+
+
+@dataclass
+class Partition:
+    """A traced graph cut into stages.
+
+    ``boundaries[k]``: the values crossing the cut after stage ``k``, in graph order; this is the
+    message stage ``k`` hands to stage ``k + 1`` (pass-through values included).
+    ``stage_of``: owning stage per node name (``-1`` for graph inputs; ``get_attr`` nodes map to
+    their first reader).
+    """
+
+    trace: Trace
+    splits: list[SplitPoint]
+    stages: list[StagePlan]
+    boundaries: list[list[str]]
+    inputs: list[str]
+    stage_of: dict[str, int]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def message_into(self, k: int) -> list[str]:
+        """Names of the message values stage ``k`` receives."""
+        return list(self.inputs) if k == 0 else list(self.boundaries[k - 1])
+
+    def __repr__(self) -> str:
+        lines = [f"Partition({self.num_stages} stages)"]
+        for s in self.stages:
+            lines.append(f"  {s!r}")
+        return "\n".join(lines)
+
+
+class GraphView:
+    """A networkx view of an fx graph: one vertex per node name, one edge per def-use."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.graph = graph
+        self.nodes = list(graph.nodes)
+        self.position = {n.name: i for i, n in enumerate(self.nodes)}
+        self.by_name = {n.name: n for n in self.nodes}
+        self.digraph = nx.DiGraph()
+        self.digraph.add_nodes_from(n.name for n in self.nodes)
+        self.digraph.add_edges_from((n.name, u.name) for n in self.nodes for u in n.users)
+
+    def input_dependent(self) -> set[str]:
+        """Nodes whose value depends on a graph input (placeholder)."""
+        seen: set[str] = set()
+        for n in self.nodes:
+            if n.op == "placeholder":
+                seen.add(n.name)
+                seen |= nx.descendants(self.digraph, n.name)
+        return seen
+
+    def ancestors(self, name: str) -> set[str]:
+        return nx.ancestors(self.digraph, name)
+
+    def crossing(self, stage_of: dict[str, int], k: int) -> list[str]:
+        """Values defined in stages ``<= k`` and read by stages ``> k``, in graph order."""
+        out = {
+            u
+            for u, v in self.digraph.edges
+            if self.by_name[u].op != "get_attr" and stage_of[u] <= k < stage_of[v]
+        }
+        return sorted(out, key=self.position.__getitem__)
+
+    def output_dominators(self) -> list[str]:
+        """Nodes every path from the inputs to the output passes through, in graph order.
+
+        These are the single-value cut points of the dataflow graph.
+        """
+        source = "__decouple_source__"
+        g = self.digraph.subgraph(self.input_dependent()).copy()
+        g.add_node(source)
+        g.add_edges_from((source, n.name) for n in self.nodes if n.op == "placeholder")
+        output = next(n.name for n in reversed(self.nodes) if n.op == "output")
+        if output not in g:
+            return []
+        idom = nx.immediate_dominators(g, source)
+        chain = []
+        v = idom.get(output)
+        while v is not None and v != source:
+            chain.append(v)
+            nxt = idom.get(v)
+            if nxt == v:
+                break
+            v = nxt
+        return sorted(chain, key=self.position.__getitem__)
+
+
+def module_calls(graph: fx.Graph) -> dict[str, list[ModuleCall]]:
+    """Every module call in the graph, grouped by module qualified name."""
+    positions: dict[str, list[int]] = {}
+    qualname_of: dict[str, str] = {}
+    for i, node in enumerate(graph.nodes):
+        for key, value in (node.meta.get("nn_module_stack") or {}).items():
+            qualname = value[0] if isinstance(value, tuple) else str(value)
+            if not qualname:
+                continue
+            positions.setdefault(key, []).append(i)
+            qualname_of[key] = qualname
+    calls: dict[str, list[ModuleCall]] = {}
+    for key, pos in positions.items():
+        calls.setdefault(qualname_of[key], []).append(ModuleCall(key, qualname_of[key], tuple(pos)))
+    for qualname in calls:
+        calls[qualname].sort(key=lambda c: c.last)
+    return calls
+
+
+def resolve_splits(tr: Trace, specs: Sequence[str], root: nn.Module | None = None) -> list[SplitPoint]:
+    """Resolve split names (module qualified names or fx node names) to cuts, validating order."""
+    if isinstance(specs, (str, bytes)):
+        raise SplitError(f"splits must be a list of names, got the string {specs!r}; write splits=[{specs!r}]")
+    specs = list(specs)
+    if not specs:
+        raise SplitError("splits is empty: give at least one module name to cut after, e.g. splits=['layer2']")
+    graph = tr.graph
+    nodes = list(graph.nodes)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    calls = module_calls(graph)
+    seen: set[str] = set()
+    points: list[SplitPoint] = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise SplitError(f"split {spec!r} is not a name: give module qualified names or fx node names as strings")
+        if spec in seen:
+            raise SplitError(f"split {spec!r} is listed twice; each split point must appear once")
+        seen.add(spec)
+        points.append(_resolve_one(tr, spec, calls, position, nodes, root))
+    for a, b in zip(points, points[1:]):
+        if b.cut < a.cut:
+            raise SplitError(
+                f"splits are out of forward order: {b.spec!r} runs before {a.spec!r}; "
+                f"list them in the order the model runs them"
+            )
+        if b.cut == a.cut:
+            raise SplitError(
+                f"splits {a.spec!r} and {b.spec!r} cut the graph at the same place, which would leave an "
+                "empty stage between them; keep only one of them"
+            )
+    return points
+
+
+def _resolve_one(
+    tr: Trace,
+    spec: str,
+    calls: dict[str, list[ModuleCall]],
+    position: dict[str, int],
+    nodes: list[fx.Node],
+    root: nn.Module | None,
+) -> SplitPoint:
+    if spec in calls:
+        found = calls[spec]
+        if len(found) > 1:
+            names = ", ".join(repr(nodes[c.last].name) for c in found)
+            raise SplitError(
+                f"split {spec!r} is ambiguous: module {spec!r} runs {len(found)} times in forward "
+                f"(it is reused, or sits inside a loop). Split at one of its calls by fx node name instead: {names}"
+            )
+        call = found[0]
+        return SplitPoint(spec, "module", call.last, _representation_of(tr, call, position, nodes))
+    if spec in position and nodes[position[spec]].op in _COMPUTE_OPS:
+        return SplitPoint(spec, "node", position[spec], spec)
+    if root is not None and spec in dict(root.named_modules()):
+        raise SplitError(
+            f"module {spec!r} exists but never runs as its own call in the traced graph (it is unused, "
+            "or inside a module traced as a leaf); split at a module that runs in forward"
+        )
+    module_names = list(calls)
+    node_names = [n.name for n in nodes if n.op in _COMPUTE_OPS]
+    hint = close_matches(spec, module_names) or close_matches(spec, node_names)
+    raise SplitError(
+        f"unknown split {spec!r}: no module or fx node has that name{hint} "
+        "(`decouple splits MODEL` lists the candidate split points)"
+    )
+
+
+def _representation_of(tr: Trace, call: ModuleCall, position: dict[str, int], nodes: list[fx.Node]) -> str:
+    """The node holding a module call's output (its first tensor if it returns several)."""
+    recorded = tr.module_outputs.get(call.key)
+    if recorded:
+        tensors = [n for n in recorded if tensor_leaves(nodes[position[n]].meta.get("val"))]
+        return (tensors or recorded)[0]
+    inside = set(call.positions)
+    escaping = [
+        i for i in sorted(inside) if any(position[u.name] not in inside for u in nodes[i].users)
+    ]
+    if not escaping:
+        return nodes[call.last].name
+    if call.last in escaping:
+        return nodes[call.last].name
+    return nodes[escaping[0]].name
+
+
+def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition:
+    """Cut the traced graph at ``splits`` into ``len(splits) + 1`` stages and find their messages."""
+    view = GraphView(tr.graph)
+    nodes = view.nodes
+    cuts = [s.cut for s in splits]
+    num_stages = len(splits) + 1
+    last = num_stages - 1
+
+    stage_of: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        if n.op == "placeholder":
+            stage_of[n.name] = -1
+        elif n.op == "output":
+            stage_of[n.name] = last
+        else:
+            stage_of[n.name] = bisect.bisect_left(cuts, i)
+
+    dependent = view.input_dependent()
+    for n in reversed(nodes):  # users first, so a chain of constants moves together
+        if n.op in ("placeholder", "output") or n.name in dependent or not n.users:
+            continue
+        stage_of[n.name] = max(stage_of[n.name], min(stage_of[u.name] for u in n.users))
+
+    stage_nodes: list[list[str]] = [[] for _ in range(num_stages)]
+    for n in nodes:
+        if n.op == "get_attr":
+            for k in sorted({stage_of[u.name] for u in n.users}):
+                stage_nodes[k].append(n.name)
+            if n.users:
+                stage_of[n.name] = min(stage_of[u.name] for u in n.users)
+        elif n.op not in ("placeholder", "output"):
+            stage_nodes[stage_of[n.name]].append(n.name)
+
+    for k, names in enumerate(stage_nodes):
+        if not any(view.by_name[x].op in _COMPUTE_OPS for x in names):
+            raise SplitError(_empty_stage_message(k, splits, num_stages))
+
+    boundaries = [view.crossing(stage_of, k) for k in range(num_stages - 1)]
+    inputs = [n.name for n in nodes if n.op == "placeholder"]
+
+    stages: list[StagePlan] = []
+    for k in range(num_stages):
+        incoming = inputs if k == 0 else boundaries[k - 1]
+        mine = set(stage_nodes[k])
+        reads = {a.name for x in mine for a in view.by_name[x].all_input_nodes} | (
+            {a.name for a in nodes[-1].all_input_nodes} if k == last else set()
+        )
+        stage_inputs = [v for v in incoming if v in reads and v not in mine]
+        outputs = [v for v in boundaries[k] if v in mine] if k < last else []
+        split = splits[k] if k < last else None
+        stages.append(
+            StagePlan(
+                index=k,
+                nodes=stage_nodes[k],
+                inputs=stage_inputs,
+                outputs=outputs,
+                representation=split.representation if split else None,
+                split=split,
+                modules=_top_modules(view, stage_nodes[k]),
+            )
+        )
+
+    result = Partition(tr, splits, stages, boundaries, inputs, stage_of)
+    _verify_representations(result, view)
+    _verify_parameter_ownership(result, view, root, dependent)
+    return result
+
+
+def _empty_stage_message(k: int, splits: list[SplitPoint], num_stages: int) -> str:
+    if k == 0:
+        return f"split {splits[0].spec!r} leaves stage 0 empty: nothing is computed before it; drop it or split later"
+    if k == num_stages - 1:
+        return (
+            f"split {splits[-1].spec!r} leaves the last stage empty: nothing is computed after it; "
+            "drop it or split earlier"
+        )
+    return f"splits {splits[k - 1].spec!r} and {splits[k].spec!r} leave stage {k} between them empty; drop one of them"
+
+
+def _top_modules(view: GraphView, names: list[str]) -> list[str]:
+    """The outermost module scopes a stage's nodes run in, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for x in names:
+        stack = view.by_name[x].meta.get("nn_module_stack") or {}
+        for value in stack.values():
+            qualname = value[0] if isinstance(value, tuple) else str(value)
+            if qualname:
+                seen.setdefault(qualname, None)
+                break
+    return list(seen)
+
+
+def _verify_representations(p: Partition, view: GraphView) -> None:
+    for k, split in enumerate(p.splits):
+        rep = split.representation
+        if rep not in p.boundaries[k]:
+            raise SplitError(
+                f"split {split.spec!r} does not cut the graph: its output {rep!r} is not used after the cut, "
+                "so the stages would not be connected through it. Split at a module on the main path "
+                "(`decouple splits MODEL` lists candidates)"
+            )
+        if not tensor_leaves(view.by_name[rep].meta.get("val")):
+            raise SplitError(
+                f"split {split.spec!r} outputs no tensor (its value is {type(view.by_name[rep].meta.get('val')).__name__}); "
+                "a local head needs a tensor representation: split at a module that returns one"
+            )
+
+
+def _parameters_read(node: fx.Node, root: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters a node reads directly: those of a called module, or a ``get_attr`` parameter."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        return [(f"{node.target}.{n}", p) for n, p in module.named_parameters()]
+    if node.op == "get_attr":
+        value = _get_attr(root, node.target)
+        if isinstance(value, nn.Parameter):
+            return [(node.target, value)]
+        if isinstance(value, nn.Module):
+            return [(f"{node.target}.{n}", p) for n, p in value.named_parameters()]
+    return []
+
+
+def _get_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, dependent: set[str]) -> None:
+    """Each parameter must be read by exactly one stage, and no parameter-only value may cross a cut."""
+    users: dict[int, dict[int, list[str]]] = {}
+    names: dict[int, list[str]] = {}
+    for plan in p.stages:
+        for x in plan.nodes:
+            for pname, param in _parameters_read(view.by_name[x], root):
+                users.setdefault(id(param), {}).setdefault(plan.index, []).append(x)
+                names.setdefault(id(param), [])
+                if pname not in names[id(param)]:
+                    names[id(param)].append(pname)
+    for pid, by_stage in users.items():
+        if len(by_stage) > 1:
+            aliases = names[pid]
+            where = "; ".join(f"stage {k} (node {', '.join(v[:3])})" for k, v in sorted(by_stage.items()))
+            also = f" (also registered as {', '.join(repr(a) for a in aliases[1:])})" if len(aliases) > 1 else ""
+            raise TiedParameterError(
+                f"parameter {aliases[0]!r}{also} is used by more than one stage: {where}. "
+                "A stage owns its parameters, and tied weights cannot cross a cut. Fix: move the splits so every "
+                "use falls in one stage, or untie the weights before convert(), e.g. "
+                f"`model.{aliases[-1]} = nn.Parameter(model.{aliases[-1]}.detach().clone())`"
+            )
+    param_nodes = {
+        n.name for n in view.nodes if n.op in ("get_attr", "call_module") and _parameters_read(n, root)
+    }
+    for k, crossing in enumerate(p.boundaries):
+        for x in crossing:
+            if x in dependent:
+                continue
+            sources = (view.ancestors(x) | {x}) & param_nodes
+            if sources:
+                src = ", ".join(sorted(sources))
+                readers = sorted({p.stage_of[u.name] for u in view.by_name[x].users})
+                raise TiedParameterError(
+                    f"value {x!r} is computed from parameters only ({src}) in stage {p.stage_of[x]} and read by "
+                    f"stages {readers}; across a cut it would be detached and silently lose its gradient. Fix: move "
+                    "the splits so its readers share one stage, or compute it separately in each stage"
+                )

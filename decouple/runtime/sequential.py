@@ -1,0 +1,80 @@
+"""Sequential training: each stage's forward, local backward and step, one after another.
+
+This is the reference semantics every other runtime must reproduce: stage ``k`` runs on batch
+``b`` with the parameters it has after batch ``b - 1``, and hands on outputs computed before its
+own update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..stage import Stage, StageResult
+
+__all__ = ["move", "forward_stages", "train_step"]
+
+
+def move(value: Any, device: torch.device, *, non_blocking: bool = False) -> Any:
+    """Move every tensor in ``value`` to ``device`` (a no-op for tensors already there)."""
+    return pytree.tree_map(
+        lambda x: x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) and x.device != device else x,
+        value,
+    )
+
+
+def forward_stages(
+    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, objectives: bool = True
+) -> list[StageResult]:
+    """Run every stage in order (with gradients as the caller's grad mode says), no backward."""
+    results = []
+    for stage in stages:
+        message = move(message, stage.device)
+        carry = move(carry, stage.device)
+        result = stage.run(message, carry, with_objective=objectives)
+        results.append(result)
+        message = result.message
+        if result.result is not None:
+            carry = result.result.carry
+    return results
+
+
+def train_step(
+    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, end_to_end: bool = False
+) -> list[torch.Tensor | None]:
+    """One training step on one batch; returns each stage's detached loss (``None`` without one).
+
+    Decoupled methods step stage by stage; ``end_to_end`` (backprop) runs every stage forward,
+    backpropagates the last stage's loss through all of them and steps every optimizer.
+    """
+    if end_to_end:
+        results = forward_stages(stages, message, carry)
+        final = results[-1].result
+        assert final is not None, "the last stage of an end-to-end program has the task loss"
+        for stage in stages:
+            if stage.optimizer is not None:
+                stage.optimizer.zero_grad(set_to_none=True)
+        final.loss.backward()
+        for stage in stages:
+            if stage.optimizer is not None:
+                stage.optimizer.step()
+        return [None] * (len(stages) - 1) + [final.loss.detach()]
+
+    losses: list[torch.Tensor | None] = []
+    for stage in stages:
+        with torch.no_grad():
+            message = move(message, stage.device)
+            carry = move(carry, stage.device)
+        result = stage.run(message, carry)
+        local = result.result
+        if local is None:
+            losses.append(None)
+        else:
+            stage.step(local.loss)
+            losses.append(local.loss.detach())
+            carry = local.carry
+        message = result.message
+    return losses
