@@ -330,13 +330,20 @@ class DecoupledModel(nn.Module):
         dropped_params = 0
         for plan in self.program.dropped:
             dropped_params += _plan_parameter_count(self.program, plan)
+        notes = list(self.program.notes)
+        used = {id(p) for stage in self.stages for p in stage.module.parameters()}  # type: ignore[union-attr]
+        unused = [n for n, p in self.program.root.named_parameters() if id(p) not in used]
+        if unused and not self.program.dropped:
+            shown = ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else "")
+            notes.append(f"{count(p for n, p in self.program.root.named_parameters() if n in unused):,} parameters "
+                         f"never run in forward and are not in the inference module ({shown})")
         return ParamCounts(
             method=self.method,
             stages=rows,
             original=count(self.program.root.parameters()),
             inference=count(live.parameters()),
             dropped=dropped_params,
-            notes=list(self.program.notes),
+            notes=notes,
         )
 
     # -- state ------------------------------------------------------------------------------

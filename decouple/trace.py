@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -155,7 +156,11 @@ def _drop_specialization_guards(gm: fx.GraphModule, inputs: InputSpec) -> None:
     """
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.op != "placeholder" or node.target not in inputs.specialized:
+        if node.op != "placeholder" or node.target in inputs.names:
+            continue
+        # fx names the placeholder of a specialised argument "mask_1" for "mask"
+        base = node.target if node.target in inputs.specialized else re.sub(r"_\d+$", "", node.target)
+        if base not in inputs.specialized:
             continue
         guards: list[fx.Node] = []
         frontier = list(node.users)
@@ -169,7 +174,7 @@ def _drop_specialization_guards(gm: fx.GraphModule, inputs: InputSpec) -> None:
             else:
                 only_guards = False
         if not only_guards:
-            inputs.constants[node.name] = inputs.specialized[node.target]
+            inputs.constants[node.name] = inputs.specialized[base]
             continue
         for guard in sorted(guards, key=_position(graph), reverse=True):
             graph.erase_node(guard)
