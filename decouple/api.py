@@ -94,7 +94,7 @@ def convert(
     if splits is None:
         raise ConfigError("splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages")
     if isinstance(splits, int) and not isinstance(splits, bool):
-        from .balance import balanced_splits
+        from .candidates import balanced_splits
 
         names: Sequence[str] = balanced_splits(traces[True], root, splits)
     else:

@@ -220,9 +220,18 @@ def _user_frame(exc: BaseException) -> str | None:
 
 
 class _Propagator(fx.Interpreter):
+    """Records each node's example value (``meta["val"]``) and FLOPs (``meta["flops"]``)."""
+
+    def __init__(self, gm: fx.GraphModule, counter: Any = None) -> None:
+        super().__init__(gm)
+        self.counter = counter
+
     def run_node(self, n: fx.Node) -> Any:
+        before = self.counter.get_total_flops() if self.counter is not None else 0
         result = super().run_node(n)
         n.meta["val"] = _to_meta(result)
+        if self.counter is not None:
+            n.meta["flops"] = int(self.counter.get_total_flops() - before)
         return result
 
 
@@ -258,13 +267,14 @@ def _preserved_state(gm: nn.Module) -> Iterator[None]:
 
 
 def propagate(tr: Trace, values: dict[str, Any]) -> None:
-    """Annotate every node of ``tr`` with ``meta["val"]`` by running it on fake example inputs.
+    """Annotate every node of ``tr`` with ``meta["val"]`` (and ``meta["flops"]``) on fake example inputs.
 
     Runs with fake tensors (no compute, no memory for activations); falls back to a real
     run without gradients when an operator has no fake implementation. Buffers and the RNG
     are restored either way, so analysis never changes the model.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     gm = tr.graph_module
     ordered = [values[n.name] for n in gm.graph.nodes if n.op == "placeholder" and n.name in values]
@@ -273,7 +283,9 @@ def propagate(tr: Trace, values: dict[str, Any]) -> None:
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             with mode:
                 fake = [mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in ordered]
-                _Propagator(gm).run(*fake)
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    _Propagator(gm, counter).run(*fake)
         return
     except Exception:
         pass

@@ -1,0 +1,99 @@
+"""Training state: exact resume from a checkpoint, mode switching, optimizers per stage."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from models import ResCNN
+
+import decouple
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
+
+
+def _convert(seed: int = 0) -> decouple.DecoupledModel:
+    torch.manual_seed(seed)
+    return decouple.convert(
+        ResCNN(channels=4, blocks=2, num_classes=3), splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),)
+    )
+
+
+def _params(dm: decouple.DecoupledModel) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in dm.parameters()] + [b.clone() for b in dm.buffers()]
+
+
+def test_resume_is_bit_identical() -> None:
+    data = _batches(6)
+    straight = _convert()
+    for x, y in data:
+        straight.train_step(x, target=y)
+
+    first = _convert()
+    for x, y in data[:3]:
+        first.train_step(x, target=y)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    resumed = _convert(seed=123)  # other random heads: the checkpoint must overwrite everything
+    resumed.load_state_dict(state)
+    assert resumed.steps == 3
+    for x, y in data[3:]:
+        resumed.train_step(x, target=y)
+    for a, b in zip(_params(straight), _params(resumed)):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_from_another_conversion_is_rejected() -> None:
+    dm = _convert()
+    other = decouple.convert(
+        ResCNN(channels=4, blocks=2, num_classes=3), splits=["blocks.0"], example_inputs=(torch.randn(2, 3, 8, 8),)
+    )
+    with pytest.raises(decouple.DecoupleError, match="different conversion"):
+        other.load_state_dict(dm.state_dict())
+
+
+def test_each_stage_owns_its_optimizer() -> None:
+    dm = decouple.convert(
+        ResCNN(channels=4, blocks=2, num_classes=3),
+        splits=["blocks.0"],
+        example_inputs=(torch.randn(2, 3, 8, 8),),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    )
+    optimizers = [s.optimizer for s in dm.stages]
+    assert all(isinstance(o, torch.optim.SGD) for o in optimizers)
+    assert optimizers[0] is not optimizers[1]
+    owned = [{id(p) for g in o.param_groups for p in g["params"]} for o in optimizers]
+    assert not owned[0] & owned[1]
+    for stage, ids in zip(dm.stages, owned):
+        assert ids == {id(p) for p in stage.parameters()}
+
+
+def test_eval_mode_freezes_batch_norm_statistics() -> None:
+    dm = _convert()
+    x, y = _batches(1)[0]
+    dm.eval()
+    before = [b.clone() for b in dm.buffers()]
+    dm.train_step(x, target=y)  # eval-mode training: running stats stay put
+    assert all(torch.equal(a, b) for a, b in zip(before, dm.buffers()))
+    dm.train()
+    dm.train_step(x, target=y)
+    assert not all(torch.equal(a, b) for a, b in zip(before, dm.buffers()))
+
+
+def test_inference_module_is_an_independent_snapshot() -> None:
+    dm = _convert()
+    x, y = _batches(1)[0]
+    snap = dm.inference_module()
+    with torch.no_grad():
+        before = snap(x)
+    dm.train_step(x, target=y)
+    with torch.no_grad():
+        torch.testing.assert_close(snap(x), before)
+    assert not snap.training
