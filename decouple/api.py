@@ -269,12 +269,18 @@ class DecoupledModel(nn.Module):
         program = self.program
         if program.default_exit is None:
             return results[-1].output
-        tail = program.tails[program.default_exit]
-        value = results[program.default_exit - 1].output
+        return self._run_tail(program.tails[program.default_exit], results[program.default_exit - 1])
+
+    @staticmethod
+    def _run_tail(tail: Any, last: Any) -> Any:
+        value = last.output
         for i, (_, module) in enumerate(tail.modules):
+            device = next((p.device for p in module.parameters()), None)
+            if device is not None:
+                value = sequential.move(value, device)
             if i == 0 and tail.extras:
-                message = results[program.default_exit - 1].message
-                value = module(value, **{k: message[v] for k, v in tail.extras.items()})
+                extras = {k: sequential.move(last.message[v], device) for k, v in tail.extras.items()}
+                value = module(value, **extras)
             else:
                 value = module(value)
         return value
@@ -283,16 +289,50 @@ class DecoupledModel(nn.Module):
     def _live_inference_module(self, exit: int | None = None) -> fx.GraphModule:
         return codegen.build_inference_module(self.program, list(self.stages), exit)  # type: ignore[arg-type]
 
-    def inference_module(self, *, exit: int | None = None, device: str | torch.device | None = None) -> fx.GraphModule:
-        """An independent eval-mode ``fx.GraphModule`` holding only effective parameters.
+    def inference_module(
+        self,
+        *,
+        exit: int | None = None,
+        exit_threshold: float | None = None,
+        device: str | torch.device | None = None,
+    ) -> nn.Module:
+        """An independent eval-mode module holding only effective parameters.
 
-        Its ``forward`` takes the original model's inputs. ``exit=l`` stops after stage ``l``
-        (associated learning's forward shortcut). ``device`` defaults to the first stage's.
+        By default an ``fx.GraphModule`` whose ``forward`` takes the original model's inputs and
+        returns what the original returns (for "al": the decoded prediction, Algorithm 3).
+        ``exit=l`` stops after stage ``l``: associated learning's forward shortcut through
+        ``b_l`` and ``h_l .. h_1``, or early exit ``l``'s classifier. ``exit_threshold=p``
+        ("early_exit"): a module that answers each sample from the first exit whose softmax
+        confidence is at least ``p`` (see :class:`decouple.exits.EarlyExitModel`, whose
+        ``usage`` reports the share of samples per exit). ``device`` defaults to the first stage's.
         """
+        if exit is not None and exit_threshold is not None:
+            raise ConfigError("pass either exit= or exit_threshold=, not both")
+        target = device if device is not None else self.stages[0].device  # type: ignore[union-attr]
+        if exit_threshold is not None:
+            return codegen.snapshot(self._live_exit_model(exit_threshold), target)  # type: ignore[arg-type]
         if exit is not None:
             self._check_exit(exit)
-        live = self._live_inference_module(exit)
-        return codegen.snapshot(live, device if device is not None else self.stages[0].device)
+        return codegen.snapshot(self._live_inference_module(exit), target)
+
+    def _live_exit_model(self, threshold: float) -> nn.Module:
+        from .exits import EarlyExitModel, batch_major
+
+        if self.method != "early_exit":
+            raise ConfigError(
+                f"exit_threshold needs exit classifiers, which method 'early_exit' trains; this model uses {self.method!r}"
+            )
+        stages = list(self.stages)
+        ios = [s.io[False] for s in stages]  # type: ignore[union-attr]
+        inputs = self.program.partitions[False].trace.inputs
+        example = next(
+            (shape[0][0] for name, shape in ios[0].shapes.items() if name in ios[0].inputs and isinstance(shape, tuple) and shape and isinstance(shape[0], tuple) and shape[0]),
+            None,
+        )
+        exits = [self.program.tails[k + 1].modules[0][1] for k in range(len(stages) - 1)]
+        extras = [s.objective_extras for s in stages[:-1]]  # type: ignore[union-attr]
+        subset = example is not None and batch_major(ios[:-1], example)
+        return EarlyExitModel([s.eval_module for s in stages], ios, exits, extras, inputs, threshold, subset)  # type: ignore[union-attr]
 
     def _check_exit(self, exit: int) -> None:
         valid = sorted(self.program.tails)
@@ -315,9 +355,13 @@ class DecoupledModel(nn.Module):
         reference = self.program.root.state_dict()
         return {key: current.get(key, value) for key, value in reference.items()}
 
-    def param_counts(self) -> ParamCounts:
-        """Effective and affiliated parameter counts per stage, and training / inference totals."""
-        live = self._live_inference_module()
+    def param_counts(self, *, exit_threshold: float | None = None) -> ParamCounts:
+        """Effective and affiliated parameter counts per stage, and training / inference totals.
+
+        With ``exit_threshold`` ("early_exit"), the exit classifiers count as effective: they run
+        at inference.
+        """
+        live: nn.Module = self._live_exit_model(exit_threshold) if exit_threshold is not None else self._live_inference_module()
         inference_ids = {id(p) for p in live.parameters()}
         rows = []
         for stage in self.stages:

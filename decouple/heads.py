@@ -29,6 +29,10 @@ __all__ = [
     "make_pool",
     "make_projector",
     "output_dim",
+    "PooledHead",
+    "ACTIVATIONS",
+    "make_activation",
+    "make_mlp",
     "POOLS",
     "CHANNEL_FIRST_MODULES",
 ]
@@ -223,3 +227,51 @@ def output_dim(module: nn.Module, example: torch.Tensor) -> int:
             f"{type(module).__name__} fails on a representation of shape {tuple(example.shape)}: {exc}"
         ) from exc
     return int(first_tensor(out).shape[-1])
+
+
+class PooledHead(nn.Module):
+    """``net(pool(representation))``: a head that reads a stage's representation (bridges, exits).
+
+    Keyword extras (e.g. an attention mask) go to the pool.
+    """
+
+    def __init__(self, pool: nn.Module, net: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+        self.net = net
+
+    def forward(self, representation: Any, **extras: Any) -> torch.Tensor:
+        pooled = self.pool(representation, **extras) if extras else self.pool(representation)
+        return self.net(pooled)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "identity": nn.Identity,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+}
+
+
+def make_activation(name: str | None) -> nn.Module:
+    """An activation module by name ("tanh", "sigmoid", "relu", "elu", "gelu", "identity"/None)."""
+    if name is None:
+        return nn.Identity()
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def make_mlp(in_dim: int, out_dim: int, *, hidden: int | None = None, activation: str | None = None,
+             hidden_activation: str = "relu") -> nn.Sequential:
+    """``Linear(in, out)`` (or ``Linear(in, hidden) - act - Linear(hidden, out)``), then ``activation``."""
+    layers: list[nn.Module] = []
+    if hidden:
+        layers += [nn.Linear(in_dim, hidden), make_activation(hidden_activation), nn.Linear(hidden, out_dim)]
+    else:
+        layers.append(nn.Linear(in_dim, out_dim))
+    if activation not in (None, "identity"):
+        layers.append(make_activation(activation))
+    return nn.Sequential(*layers)

@@ -325,6 +325,7 @@ def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition
 
     boundaries = [view.crossing(stage_of, k) for k in range(num_stages - 1)]
     inputs = [n.name for n in nodes if n.op == "placeholder"]
+    calls = module_calls(tr.graph)
 
     stages: list[StagePlan] = []
     for k in range(num_stages):
@@ -344,7 +345,7 @@ def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition
                 outputs=outputs,
                 representation=split.representation if split else None,
                 split=split,
-                modules=_top_modules(view, stage_nodes[k]),
+                modules=_top_modules(view, stage_nodes[k], calls),
             )
         )
 
@@ -365,15 +366,20 @@ def _empty_stage_message(k: int, splits: list[SplitPoint], num_stages: int) -> s
     return f"splits {splits[k - 1].spec!r} and {splits[k].spec!r} leave stage {k} between them empty; drop one of them"
 
 
-def _top_modules(view: GraphView, names: list[str]) -> list[str]:
-    """The outermost module scopes a stage's nodes run in, in order of first appearance."""
+def _top_modules(view: GraphView, names: list[str], calls: dict[str, list[ModuleCall]]) -> list[str]:
+    """The outermost module calls that run entirely inside a stage, in order of first appearance."""
+    inside = {view.position[x] for x in names}
+    covered = {
+        call.key: qualname
+        for qualname, group in calls.items()
+        for call in group
+        if set(call.positions) <= inside
+    }
     seen: dict[str, None] = {}
     for x in names:
-        stack = view.by_name[x].meta.get("nn_module_stack") or {}
-        for value in stack.values():
-            qualname = value[0] if isinstance(value, tuple) else str(value)
-            if qualname:
-                seen.setdefault(qualname, None)
+        for key in (view.by_name[x].meta.get("nn_module_stack") or {}):
+            if key in covered:
+                seen.setdefault(covered[key], None)
                 break
     return list(seen)
 

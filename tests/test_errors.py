@@ -71,7 +71,7 @@ def test_split_that_does_not_cut_the_graph() -> None:
 
 
 def test_unknown_method_lists_methods() -> None:
-    with pytest.raises(ConfigError, match=r"unknown method 'nonsense'.*'scl'.*'bp'"):
+    with pytest.raises(ConfigError, match=r"unknown method 'nonsense'.*'scl'.*'al'.*'early_exit'.*'bp'"):
         decouple.convert(MLP([4, 4, 4]), method="nonsense", splits=["layers.0"], example_inputs=(torch.randn(2, 4),))
 
 

@@ -17,7 +17,9 @@ from typing import Any
 from ..errors import ConfigError, close_matches
 from ..ir import Program
 from .common import PoolOptions
+from .al import AssociatedOptions, attach_associated_learning
 from .detach import detach_boundaries
+from .early_exit import ExitOptions, attach_exits
 from .scl import SupConOptions, attach_supcon
 from .task import attach_task_loss, end_to_end
 
@@ -56,6 +58,22 @@ register_method(
         (detach_boundaries, attach_supcon, attach_task_loss),
         SupConOptions,
         "supervised contrastive projection heads per stage (Delog-SCL / SCPL)",
+    )
+)
+register_method(
+    Method(
+        "al",
+        (detach_boundaries, attach_associated_learning),
+        AssociatedOptions,
+        "associated learning: bridges and target-side autoencoders per stage, the head replaced by decoders",
+    )
+)
+register_method(
+    Method(
+        "early_exit",
+        (detach_boundaries, attach_exits, attach_task_loss),
+        ExitOptions,
+        "an auxiliary classifier per stage trained with cross-entropy (early exit)",
     )
 )
 register_method(
@@ -100,4 +118,16 @@ def run_passes(program: Program, method: Method, options: Any) -> Program:
     return program
 
 
-__all__ += ["PoolOptions", "SupConOptions", "BackpropOptions", "detach_boundaries", "attach_supcon", "attach_task_loss", "end_to_end"]
+__all__ += [
+    "PoolOptions",
+    "SupConOptions",
+    "AssociatedOptions",
+    "ExitOptions",
+    "BackpropOptions",
+    "detach_boundaries",
+    "attach_supcon",
+    "attach_associated_learning",
+    "attach_exits",
+    "attach_task_loss",
+    "end_to_end",
+]

@@ -1,0 +1,96 @@
+"""The associated-learning pass (Kao & Chen 2021; Wu et al. 2022).
+
+The stages before the last become the encoders ``f_1 .. f_L``; the part of the model after the
+last split (its original head) is dropped and replaced by the target path. Each encoder stage
+gets a bridge ``b_i`` (pooled representation -> label space) and a target-side autoencoder
+(``g_i`` encodes ``t_{i-1}`` to ``t_i``, ``h_i`` decodes it back; ``t_0`` is the one-hot label),
+trained with ``|b_i(s_i) - g_i(t_{i-1})|^2 + |h_i(g_i(t_{i-1})) - t_{i-1}|^2`` (eq. 3 of the 2022
+paper). Inference runs ``f_1 .. f_L -> b_L -> h_L .. h_1`` (Algorithm 3); the path through
+``b_l`` for ``l < L`` is the forward shortcut ``inference_module(exit=l)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..heads import ACTIVATIONS, PooledHead, make_mlp, output_dim
+from ..ir import InferenceTail, Program
+from ..objectives import AssociatedObjective
+from .common import PoolOptions, build_pool, infer_num_classes
+
+__all__ = ["AssociatedOptions", "attach_associated_learning"]
+
+
+@dataclass(frozen=True)
+class AssociatedOptions(PoolOptions):
+    """Options of ``method="al"``.
+
+    label_dim: size of every label embedding ``t_i`` (128, overcomplete as in the papers).
+    encoder_activation / decoder_activation: after the linear maps of ``g_i`` / ``h_i``
+    ("tanh", the 2022 paper; "sigmoid" is the 2021 paper's and the released code's choice).
+    bridge_activation: after ``b_i`` (None: a linear bridge, as in the 2022 paper).
+    bridge_width: a hidden layer of this width in every bridge (None: a single linear map).
+    first_loss: how ``h_1`` reconstructs the labels: "mse" against the one-hot vector (eq. 3),
+    or "ce", cross-entropy on logits, as the released code does.
+    target_grad: the associated loss also trains ``g_i`` (Algorithm 2 of the 2022 paper); False
+    trains only ``f_i`` and ``b_i`` with it.
+    """
+
+    label_dim: int = 128
+    encoder_activation: str = "tanh"
+    decoder_activation: str = "tanh"
+    bridge_activation: str | None = None
+    bridge_width: int | None = None
+    first_loss: str = "mse"
+    target_grad: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label_dim, int) or self.label_dim < 1:
+            raise ConfigError(f"label_dim must be a positive int, got {self.label_dim!r}")
+        for name in ("encoder_activation", "decoder_activation", "bridge_activation"):
+            value = getattr(self, name)
+            if value is not None and value not in ACTIVATIONS:
+                raise ConfigError(f"{name} must be one of {', '.join(ACTIVATIONS)} or None, got {value!r}")
+        if self.bridge_width is not None and (not isinstance(self.bridge_width, int) or self.bridge_width < 1):
+            raise ConfigError(f"bridge_width must be a positive int or None, got {self.bridge_width!r}")
+        if self.first_loss not in ("mse", "ce"):
+            raise ConfigError(f"first_loss must be 'mse' (eq. 3) or 'ce' (released code), got {self.first_loss!r}")
+
+
+def attach_associated_learning(program: Program, options: Any) -> None:
+    """Turn stages ``0 .. L-1`` into AL layers and drop the model's head (stage ``L``)."""
+    classes = infer_num_classes(program, "al")
+    dropped = program.stages.pop()
+    program.dropped.append(dropped.plans[True])
+    layers = len(program.stages)
+    objectives: list[AssociatedObjective] = []
+    for spec in program.stages:
+        i = spec.index + 1
+        pool, example = build_pool(program, spec.index, options)
+        width = options.label_dim
+        bridge = PooledHead(
+            pool,
+            make_mlp(output_dim(pool, example), width, hidden=options.bridge_width, activation=options.bridge_activation),
+        )
+        t_prev = classes if i == 1 else width
+        encoder = make_mlp(t_prev, width, activation=options.encoder_activation)
+        logits = i == 1 and options.first_loss == "ce"
+        decoder = make_mlp(width, t_prev, activation=None if logits else options.decoder_activation)
+        objective = AssociatedObjective(
+            bridge, encoder, decoder, layer=i, num_classes=classes,
+            first_loss=options.first_loss, target_grad=options.target_grad,
+        )  # fmt: skip
+        spec.objective = objective
+        objectives.append(objective)
+    for exit_at in range(1, layers + 1):
+        modules = [(f"al_bridge_{exit_at}", objectives[exit_at - 1].bridge)]
+        modules += [(f"al_decoder_{i}", objectives[i - 1].decoder) for i in range(exit_at, 0, -1)]
+        program.tails[exit_at] = InferenceTail(exit_at, modules, dict(program.stages[exit_at - 1].objective_extras))
+    program.default_exit = layers
+    replaced = ", ".join(dropped.plans[True].modules) or "the layers after the last split"
+    program.notes.append(
+        f"method al replaces the model's head ({replaced}) with the target path: bridge b_{layers} and decoders "
+        f"h_{layers}..h_1 (label_dim {options.label_dim}, {classes} classes)"
+    )
