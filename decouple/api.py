@@ -51,6 +51,7 @@ def convert(
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     copy_model: bool = True,
+    on_nonfinite: str = "raise",
     **options: Any,
 ) -> DecoupledModel:
     """Compile ``model`` into stages trained with local objectives.
@@ -71,6 +72,8 @@ def convert(
         num_classes: needed by "al" and "early_exit" when the output is not ``(batch, classes)``.
         tracer: "auto" (fx, falling back to torch.export), "fx" or "export".
         leaf_modules, autowrap_functions: passed to the fx tracer; leaf modules run as one call.
+        on_nonfinite: a stage whose local loss is NaN or infinite "raise"s a ``StageError`` naming
+            the stage and batch, or "skip"s that update (counted in ``Stage.skipped_steps``).
         **options: options of the method (e.g. ``temperature``, ``head``, ``pool`` for "scl").
     """
     chosen = get_method(method)
@@ -84,6 +87,8 @@ def convert(
         )
     if loss_fn is not None and not callable(loss_fn):
         raise ConfigError(f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}")
+    if on_nonfinite not in ("raise", "skip"):
+        raise ConfigError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
     args, kwargs = normalize_example_inputs(example_inputs)
     root = copy.deepcopy(model) if copy_model else model
 
@@ -124,6 +129,7 @@ def convert(
     factory = optimizer or _default_optimizer
     for stage in stages:
         stage.optimizer = _make_optimizer(factory, stage)
+        stage.on_nonfinite = on_nonfinite
     dm = DecoupledModel(program, stages)
     dm.train(model.training)
     return dm
@@ -247,7 +253,9 @@ class DecoupledModel(nn.Module):
 
         Returns ``{"stage0": loss, ...}`` for the stages with an objective (for "bp", the last).
         """
-        losses = sequential.train_step(list(self.stages), self._message(args, kwargs), target, end_to_end=self.end_to_end)  # type: ignore[arg-type]
+        losses = sequential.train_step(
+            list(self.stages), self._message(args, kwargs), target, end_to_end=self.end_to_end, batch=self.steps  # type: ignore[arg-type]
+        )
         self.steps += 1
         return {f"stage{k}": float(loss) for k, loss in enumerate(losses) if loss is not None}
 

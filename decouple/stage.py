@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .errors import StageError
 from .objectives import LocalObjective, LocalResult
 
 __all__ = ["Stage", "StageIO", "StageResult"]
@@ -71,6 +72,9 @@ class Stage(nn.Module):
         self.device = torch.device(device)
         self.objective_extras = dict(objective_extras or {})
         self.optimizer: torch.optim.Optimizer | None = None
+        #: what a non-finite local loss does: "raise" a StageError, or "skip" this stage's update
+        self.on_nonfinite = "raise"
+        self.skipped_steps = 0
 
     # -- parameters -------------------------------------------------------------------------
     def effective_parameters(self) -> Iterator[nn.Parameter]:
@@ -126,14 +130,30 @@ class Stage(nn.Module):
             result = self.objective(output, carry, **self.objective_kwargs(message, next_message))
         return StageResult(next_message, output, result)
 
-    def step(self, loss: torch.Tensor) -> None:
-        """Backpropagate this stage's local loss and update its parameters."""
+    def step(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
+        """Backpropagate this stage's local loss and update its parameters.
+
+        A non-finite loss raises :class:`StageError` (``on_nonfinite="raise"``) or skips the
+        update and counts it in ``skipped_steps`` (``"skip"``). Returns whether it stepped.
+        """
+        if not bool(torch.isfinite(loss.detach())):
+            if self.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                return False
+            where = f" at batch {batch}" if batch is not None else ""
+            raise StageError(
+                f"stage {self.index}: local loss is {float(loss.detach())}{where}; lower the learning rate, check the inputs, "
+                "or convert with on_nonfinite='skip' to skip such updates",
+                stage=self.index,
+                batch=batch,
+            )
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
         if self.optimizer is not None:
             self.optimizer.step()
+        return True
 
     def extra_repr(self) -> str:
         return f"index={self.index}, device={self.device}"

@@ -97,3 +97,35 @@ def test_inference_module_is_an_independent_snapshot() -> None:
     with torch.no_grad():
         torch.testing.assert_close(snap(x), before)
     assert not snap.training
+
+
+class _Explodes(torch.nn.Module):
+    """Stage 1 produces inf once its input exceeds a bound: a non-finite local loss on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) * torch.exp(h.abs().max() * 100.0)
+
+
+@pytest.mark.parametrize("method", ["scl", "bp"])
+def test_nonfinite_loss_raises_with_stage_and_batch(method: str) -> None:
+    dm = decouple.convert(_Explodes(), method=method, splits=["a"], example_inputs=(torch.randn(2, 4),))
+    dm.train_step(torch.zeros(4, 4), target=torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(decouple.StageError, match=r"stage 1: local loss is (nan|inf) at batch 1.*on_nonfinite='skip'") as info:
+        dm.train_step(torch.randn(4, 4) * 10, target=torch.tensor([0, 0, 1, 1]))
+    assert info.value.stage == 1 and info.value.batch == 1
+
+
+def test_nonfinite_loss_skip_policy_counts_and_keeps_weights() -> None:
+    dm = decouple.convert(_Explodes(), splits=["a"], example_inputs=(torch.randn(2, 4),), on_nonfinite="skip")
+    before = [p.detach().clone() for p in dm.stages[1].parameters()]
+    dm.train_step(torch.randn(4, 4) * 10, target=torch.tensor([0, 0, 1, 1]))
+    assert dm.stages[1].skipped_steps == 1 and dm.stages[0].skipped_steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, dm.stages[1].parameters()))
+    with pytest.raises(decouple.ConfigError, match="on_nonfinite must be"):
+        decouple.convert(_Explodes(), splits=["a"], example_inputs=(torch.randn(2, 4),), on_nonfinite="ignore")

@@ -43,7 +43,7 @@ def forward_stages(
 
 
 def train_step(
-    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, end_to_end: bool = False
+    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, end_to_end: bool = False, batch: int | None = None
 ) -> list[torch.Tensor | None]:
     """One training step on one batch; returns each stage's detached loss (``None`` without one).
 
@@ -54,6 +54,13 @@ def train_step(
         results = forward_stages(stages, message, carry)
         final = results[-1].result
         assert final is not None, "the last stage of an end-to-end program has the task loss"
+        last = stages[-1]
+        if not bool(torch.isfinite(final.loss.detach())):
+            for stage in stages[:-1]:
+                if stage.optimizer is not None:
+                    stage.optimizer.zero_grad(set_to_none=True)
+            last.step(final.loss, batch=batch)  # raises, or counts the skip
+            return [None] * (len(stages) - 1) + [final.loss.detach()]
         for stage in stages:
             if stage.optimizer is not None:
                 stage.optimizer.zero_grad(set_to_none=True)
@@ -73,7 +80,7 @@ def train_step(
         if local is None:
             losses.append(None)
         else:
-            stage.step(local.loss)
+            stage.step(local.loss, batch=batch)
             losses.append(local.loss.detach())
             carry = local.carry
         message = result.message
