@@ -77,6 +77,11 @@ class Stage(nn.Module):
         self.skipped_steps = 0
 
     # -- parameters -------------------------------------------------------------------------
+    @property
+    def head(self) -> LocalObjective | None:
+        """The local head: the objective module holding the stage's affiliated parameters."""
+        return self.objective
+
     def effective_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the component itself: those the inference module keeps."""
         return self.module.parameters()
