@@ -393,6 +393,12 @@ def _verify_representations(p: Partition, view: GraphView) -> None:
                 "so the stages would not be connected through it. Split at a module on the main path "
                 "(`decouple splits MODEL` lists candidates)"
             )
+        if p.stage_of[rep] != k:
+            raise SplitError(
+                f"split {split.spec!r} ends stage {k}, but its output {rep!r} is computed in stage {p.stage_of[rep]}, "
+                f"so stage {k}'s local head would train on a value another stage produced. Each stage's head reads "
+                f"a value the stage computes: drop {split.spec!r} or the split before it, or split elsewhere"
+            )
         if not tensor_leaves(view.by_name[rep].meta.get("val")):
             raise SplitError(
                 f"split {split.spec!r} outputs no tensor (its value is {type(view.by_name[rep].meta.get('val')).__name__}); "

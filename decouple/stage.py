@@ -120,8 +120,7 @@ class Stage(nn.Module):
             return {}, out
         produced: dict[str, Any] = out
         next_message = {name: produced[name] if name in produced else message[name] for name in io.message_out}
-        rep = produced[io.representation] if io.representation in produced else message[io.representation]
-        return next_message, rep
+        return next_message, produced[io.representation]  # partition guarantees the stage computes it
 
     def objective_kwargs(self, message: dict[str, Any], next_message: dict[str, Any]) -> dict[str, Any]:
         """Extra inputs of the objective (e.g. an attention mask) looked up in the messages."""

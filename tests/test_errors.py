@@ -172,3 +172,11 @@ def test_errors_are_value_errors_for_generic_handlers() -> None:
     assert issubclass(decouple.DecoupleError, ValueError)
     for cls in (SplitError, ConfigError, TraceError, TargetError, TiedParameterError, InputError):
         assert issubclass(cls, decouple.DecoupleError)
+
+
+def test_stage_head_must_read_a_value_its_stage_computes() -> None:
+    from models import UsesTuple
+
+    # "relu" cuts inside `block`, so block's output (relu) belongs to stage 0, not stage 1
+    with pytest.raises(SplitError, match=r"'block' ends stage 1, but its output 'relu' is computed in stage 0"):
+        decouple.convert(UsesTuple(), splits=["relu", "block"], example_inputs=(torch.randn(4, 6),))

@@ -1,0 +1,80 @@
+"""Random split specifications, valid and invalid, against random architectures.
+
+A valid specification converts and satisfies isolation and transparency; an invalid one raises
+a documented :class:`decouple.DecoupleError`, never another exception type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from conftest import assert_gradient_isolation
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
+
+import decouple
+
+ARCHITECTURES = {
+    "mlp": (lambda: MLP([5, 7, 6, 8, 4], 3), lambda: (torch.randn(6, 5),), 3),
+    "rescnn": (lambda: ResCNN(channels=4, blocks=2, num_classes=3), lambda: (torch.randn(6, 3, 8, 8),), 3),
+    "rescnn_noskip": (lambda: ResCNN(channels=4, blocks=2, num_classes=3, long_skip=False), lambda: (torch.randn(6, 3, 8, 8),), 3),
+    "tuple": (UsesTuple, lambda: (torch.randn(6, 6),), 3),
+    "shapes": (ShapeCarrier, lambda: (torch.randn(6, 3, 8, 8),), 3),
+    "dropout": (FunctionalDropout, lambda: (torch.randn(6, 10),), 3),
+    "reused": (Reused, lambda: (torch.randn(6, 4),), 3),
+}
+
+
+def _names(model: torch.nn.Module) -> list[str]:
+    """Module qualified names and fx node names of the model, in the order their cut falls."""
+    graph = fx.symbolic_trace(model).graph
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    last: dict[str, int] = {}
+    for n in graph.nodes:
+        for value in (n.meta.get("nn_module_stack") or {}).values():
+            last[value[0]] = position[n.name]
+    compute = [n.name for n in graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    keyed = [(last[m], 0, m) for m in last if m] + [(position[c], 1, c) for c in compute]
+    return [name for _, _, name in sorted(keyed)]
+
+
+@st.composite
+def spec(draw):
+    arch = draw(st.sampled_from(sorted(ARCHITECTURES)))
+    build, inputs, classes = ARCHITECTURES[arch]
+    model = build()
+    ordered = _names(model)
+    if draw(st.booleans()):  # plausible: distinct names in forward order
+        chosen = draw(st.lists(st.sampled_from(ordered), min_size=1, max_size=3, unique=True))
+        splits = sorted(chosen, key=ordered.index)
+    else:  # anything: garbage, duplicates, wrong order, non-strings
+        pool = ordered + ["nonexistent", "layer9", "", "blocks.7"]
+        items = st.one_of(st.sampled_from(pool), st.integers(-2, 3), st.none())
+        splits = draw(st.lists(items, min_size=0, max_size=4))
+    method = draw(st.sampled_from(["scl", "al", "early_exit", "bp"]))
+    return arch, model, splits, inputs(), classes, method
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec())
+def test_random_split_specs(case) -> None:
+    arch, model, splits, inputs, classes, method = case
+    try:
+        dm = decouple.convert(model, method=method, splits=splits, example_inputs=inputs, num_classes=classes)
+    except decouple.DecoupleError as exc:
+        event(f"rejected: {type(exc).__name__}")
+        return  # a documented, explained rejection
+    event(f"converted: {method}")
+    target = torch.arange(inputs[0].shape[0]) % classes
+    model.eval()
+    dm.eval()
+    with torch.no_grad():
+        if method == "al":
+            assert dm.inference_module()(*inputs).shape == (inputs[0].shape[0], classes)
+        else:
+            torch.testing.assert_close(dm.inference_module()(*inputs), model(*inputs))
+    dm.train()
+    if method != "bp":
+        assert_gradient_isolation(dm, *inputs, target=target)
+    dm.train_step(*inputs, target=target)
