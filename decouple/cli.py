@@ -57,7 +57,10 @@ def register_command(command: Command) -> Command:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, its keyword arguments and the example input."""
-    parser.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:factory or file.py:factory")
+    from .modelspec import SCHEMES
+
+    schemes = ", ".join(f"{prefix}:NAME" for prefix in SCHEMES)
+    parser.add_argument("model", metavar="MODEL", help=f"{schemes}, package.module:factory or file.py:factory")
     parser.add_argument("--kwargs", default="{}", metavar="JSON", help='keyword arguments of the model builder, e.g. \'{"num_classes": 10}\'')
     parser.add_argument("--input-shape", required=True, metavar="N,C,...", help="shape of a random example input, e.g. 2,3,32,32")
     parser.add_argument("--input-dtype", default="float", choices=sorted(_DTYPES), metavar="DTYPE",
@@ -69,14 +72,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the model's initial weights and the example input")
 
 
-def add_conversion_arguments(parser: argparse.ArgumentParser, *, splits_required: bool = True) -> None:
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     """Method, split points and method options."""
     parser.add_argument("--method", default="scl", help="training method: scl (default), bp, and those registered (al, early_exit)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--splits", metavar="A,B,...", help="module names to cut after, in forward order (see `decouple splits`)")
     group.add_argument("--stages", type=int, metavar="N", help="N stages balanced by FLOPs among the candidate split points")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, value parsed as JSON when possible (repeatable), e.g. temperature=0.5")
-    parser.set_defaults(splits_required=splits_required)
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:

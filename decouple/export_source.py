@@ -9,7 +9,7 @@ What a folder holds (``k`` a stage index)::
     manifest.json                       what each file holds, with the stages' inputs and outputs
 
 Each ``.py`` file defines one ``nn.Module`` class and ``load(path=None, map_location="cpu")``, and
-imports only torch and the standard library (see :mod:`decouple.sourcegen`); weights are plain
+imports only torch and the standard library (see :mod:`decouple.modulesource` and :mod:`decouple.sourcegen`); weights are plain
 state dicts that load with ``torch.load(path, weights_only=True)``. Every file is imported back
 and loaded strictly before :func:`export_source` returns, and with ``example_inputs`` the exported
 inference module is run against the original.
@@ -33,7 +33,7 @@ from torch import nn
 
 from .errors import ExportError
 from .inputs import normalize_example_inputs
-from .sourcegen import module_source
+from .modulesource import module_source
 
 __all__ = ["ExportedFile", "ExportResult", "export_source"]
 

@@ -246,3 +246,19 @@ def test_inspect_and_export_work_for_every_method(method: str, tmp_path: Path, c
     assert cli.main(["export", *base, "--out", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["max_abs_diff"] is not None and result["max_abs_diff"] < 1e-4
+
+
+def test_export_writes_trained_weights_from_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dm = tiny_dm(["stem", "blocks.0"])
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    for _ in range(3):
+        dm.train_step(x, target=y)
+    torch.save(dm.state_dict(), tmp_path / "ckpt.pt")
+    out = tmp_path / "out"
+    assert cli.main(["export", *TINY, "--splits", "stem,blocks.0", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 0
+    assert "max abs diff 0" in capsys.readouterr().out
+    exported = torch.load(out / "inference.pt", weights_only=True)
+    for key, value in dm.effective_state_dict().items():
+        torch.testing.assert_close(exported[key], value)
+    assert cli.main(["export", *TINY, "--splits", "stem", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 2
+    assert "different conversion" in capsys.readouterr().err
