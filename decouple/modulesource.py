@@ -17,6 +17,7 @@ import inspect
 import keyword
 import re
 import textwrap
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,8 +66,13 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal attributes; tensors (e.g. an LSTM's ``_flat_weights``) compare by shape and dtype."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, weakref.ref) and isinstance(b, weakref.ref):
+        return _same(a(), b())
     try:
         return bool(a == b)
     except Exception:
@@ -153,9 +159,7 @@ class _TreeWriter:
         children = list(module.named_children())
         expr = None
         if not children:
-            for candidate in self._checked(module, path):
-                expr = candidate
-                break
+            expr = self._checked(module, path)
         elif type(module) in _CONTAINERS:
             expr = _CONTAINERS[type(module)]
         if expr is not None:
@@ -168,13 +172,14 @@ class _TreeWriter:
         for name, child in children:
             self._module(child, _join(path, name))
 
-    def _checked(self, module: nn.Module, path: str) -> Iterator[str]:
+    def _checked(self, module: nn.Module, path: str) -> str | None:
+        """The first constructor expression that rebuilds ``module``; what the others bound is undone."""
+        state = self.writer.checkpoint()
         for candidate in _constructors(module, self.writer, path):
-            state = self.writer.checkpoint()
             if _reproduces(candidate, module, self.writer):
-                yield candidate
-                return
+                return candidate
             self.writer.rollback(state)
+        return None
 
     def _tensors(self, module: nn.Module, path: str) -> None:
         owner = _owner(path)

@@ -59,6 +59,10 @@ def _locate(obj: Any) -> tuple[str, str] | None:
     module = getattr(obj, "__module__", None)
     if not isinstance(module, str) or not _allowed(module):
         return None
+    if module == "builtins" and isinstance(obj, type):  # types.FunctionType and friends live in ``types``
+        named = [k for k, v in vars(types).items() if v is obj and not k.startswith("_")]
+        if named:
+            return "types", named[0]
     paths = [p for p in (getattr(obj, "__qualname__", None), getattr(obj, "__name__", None)) if isinstance(p, str)]
     for name in dict.fromkeys([module.lstrip("_"), module]):
         try:

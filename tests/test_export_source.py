@@ -35,7 +35,7 @@ def assert_stages_reproduced(dm: Any, folder: Path, x: torch.Tensor) -> None:
     """
     for training in (False, True):
         dm.train(training)
-        message = {"x": x}
+        message = {dm.stages[0].io[training].inputs[0]: x}
         for stage in dm.stages:
             suffix = "" if training or stage.eval_module is stage.module else "_eval"
             exported = load_file(folder / f"stage{stage.index}{suffix}.py").load().train(training)
@@ -100,6 +100,55 @@ def test_tied_weights_stay_tied(tmp_path: Path) -> None:
     decouple.export_source(dm, tmp_path, example_inputs=(x,))
     stage = load_file(tmp_path / "stage1.py").load()
     assert stage.a.weight is stage.b.weight
+    assert_stages_reproduced(dm, tmp_path, x)
+
+
+class LSTMClassifier(nn.Module):
+    """The papers' text model: embedding, bidirectional LSTM, MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.lstm = nn.LSTM(16, 12, batch_first=True, bidirectional=True)
+        self.mid = nn.Linear(24, 24)
+        self.out = nn.Linear(24, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(ids))
+        return self.out(torch.relu(self.mid(h[:, -1])))
+
+
+def test_an_lstm_is_rebuilt_by_its_constructor(tmp_path: Path) -> None:
+    ids = torch.randint(0, 30, (4, 7))
+    dm = decouple.convert(LSTMClassifier(), splits=["embed", "lstm"], example_inputs=(ids,))
+    decouple.export_source(dm, tmp_path, example_inputs=(ids,))
+    assert "nn.LSTM(16, 12, batch_first=True, bidirectional=True)" in (tmp_path / "stage1.py").read_text()
+    assert_stages_reproduced(dm, tmp_path, ids)
+
+
+class WithStochasticDepth(nn.Module):
+    """torchvision's stochastic depth is an fx-wrapped free function: its source must be carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 8)
+        self.drop = torchvision.ops.StochasticDepth(0.5, "row")
+        self.c = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.c(h + self.drop(self.b(h)))
+
+
+def test_library_functions_the_graph_calls_are_carried(tmp_path: Path) -> None:
+    x = torch.randn(6, 4)
+    dm = decouple.convert(WithStochasticDepth(), splits=["a"], example_inputs=(x,))
+    decouple.export_source(dm, tmp_path, example_inputs=(x,))
+    code = (tmp_path / "stage1.py").read_text()
+    assert "def stochastic_depth(" in code and "torchvision" not in "".join(line for line in code.splitlines() if "import" in line)
     assert_stages_reproduced(dm, tmp_path, x)
 
 
