@@ -31,6 +31,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from .codegen import describe_value
 from .errors import ExportError
 from .inputs import normalize_example_inputs
 from .modulesource import module_source
@@ -86,8 +87,11 @@ def export_source(dm: Any, directory: str | os.PathLike[str], *, example_inputs:
     """
     folder = Path(directory)
     if folder.exists() and not folder.is_dir():
-        raise ExportError(f"{str(folder)!r} exists and is not a folder; give --out a folder path")
-    folder.mkdir(parents=True, exist_ok=True)
+        raise ExportError(f"{str(folder)!r} exists and is not a folder; export to a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the folder {str(folder)!r} ({exc.strerror}); choose another place to export to") from exc
     inference = dm.inference_module(device="cpu")
     jobs = _jobs(dm, inference)
     files = [_write(job, dm, folder) for job in jobs]
@@ -114,20 +118,33 @@ def _jobs(dm: Any, inference: nn.Module) -> list[_Job]:
         jobs.append(_Job("stage", k, stage.module, f"Stage{k}", f"stage{k}", f"{what}, training-mode graph.", True, list(io.inputs), outputs))
         if stage.eval_module is not stage.module:
             eval_io = stage.io[False]
+            eval_outputs = ["output"] if eval_io.last else list(eval_io.outputs)
             jobs.append(_Job("stage_eval", k, stage.eval_module, f"Stage{k}Eval", f"stage{k}_eval", f"{what}, eval-mode graph.",
-                             False, list(eval_io.inputs), outputs))  # fmt: skip
+                             False, list(eval_io.inputs), eval_outputs))  # fmt: skip
         if stage.objective is not None and any(True for _ in stage.objective.children()):
-            jobs.append(_Job("heads", k, stage.objective, f"Stage{k}Heads", f"stage{k}_heads",
-                             f"The modules of stage {k}'s local objective ({type(stage.objective).__name__}); they hold its "
-                             "affiliated parameters. Call the children (e.g. ``heads.projector(heads.pool(h))`` for scl); "
-                             "the container has no forward.", True))  # fmt: skip
+            jobs.append(_Job("heads", k, stage.objective, f"Stage{k}Heads", f"stage{k}_heads", _heads_description(k, stage.objective), True))
     return jobs
+
+
+def _heads_description(k: int, objective: nn.Module) -> str:
+    children = [name for name, _ in objective.named_children()]
+    text = (
+        f"The modules of stage {k}'s local objective ({type(objective).__name__}): {', '.join(children)}. "
+        "They hold its affiliated parameters; the container itself has no forward."
+    )
+    if {"pool", "projector"} <= set(children):
+        text += " The projection of a representation h is ``heads.projector(heads.pool(h))``."
+    return text
 
 
 def _docstring(job: _Job, dm: Any) -> str:
     lines = [job.description, "", f"Exported by decouple; needs only torch. ``load()`` builds it and reads ``{job.stem}.pt``."]
     if job.role != "heads":
-        shapes = dict(dm.stages[job.stage].io[job.role == "stage"].shapes) if job.stage is not None else {}
+        if job.stage is None:
+            graph = dm.program.partitions[False].trace.graph
+            shapes = {n.name: describe_value(n.meta.get("val")) for n in graph.nodes if n.op == "placeholder"}
+        else:
+            shapes = dict(dm.stages[job.stage].io[job.role == "stage"].shapes)
         args = ", ".join(job.inputs)
         lines += ["", f"forward({args})"]
         lines += [f"    {name}: {_describe(shapes[name])}" for name in job.inputs if name in shapes]

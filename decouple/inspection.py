@@ -100,6 +100,7 @@ class ConversionReport:
 
     model: str
     method: str
+    splits: list[str]
     stages: list[StageRow]
     original: int
     inference: int
@@ -148,6 +149,7 @@ def describe_conversion(dm: Any) -> ConversionReport:
     return ConversionReport(
         model=type(dm.program.root).__name__,
         method=counts.method,
+        splits=[point.spec for point in part.splits],
         stages=rows,
         original=counts.original,
         inference=counts.inference,

@@ -205,12 +205,22 @@ class _TreeWriter:
 
 
 def _forward_source(gm: fx.GraphModule, writer: SourceWriter) -> str:
+    """The generated ``forward``, with the globals it uses bound in ``writer``.
+
+    fx names string annotations (``x: "torch.Tensor"``) as globals; they are written back inline
+    (annotations are never evaluated in the generated file).
+    """
     code = gm.graph.python_code(root_module="self")
+    src = code.src
     for name, obj in code.globals.items():
-        if re.search(rf"\b{re.escape(name)}\b", code.src):
+        pattern = rf"\b{re.escape(name)}\b"
+        if not re.search(pattern, src):
+            continue
+        if type(obj) is str:
+            src = re.sub(pattern, obj, src)
+        else:
             writer.bind(name, obj)
-    body = code.src.strip("\n")
-    return textwrap.indent(body.rstrip(), "    ")
+    return textwrap.indent(src.strip("\n").rstrip(), "    ")
 
 
 def module_source(module: nn.Module, class_name: str, *, file_doc: str, class_doc: str, footer: str = "") -> str:

@@ -36,7 +36,7 @@ def _table(title: str | None = None) -> Table:
 
 def conversion_tables(report: ConversionReport) -> list[Any]:
     """The stage table and the totals table of ``decouple inspect``."""
-    stages = _table(f"{report.model} · method {report.method} · {len(report.stages)} stages")
+    stages = _table(f"{report.model} · method {report.method} · {len(report.stages)} stages · splits {', '.join(report.splits)}")
     stages.add_column("stage", justify="right", no_wrap=True)
     stages.add_column("modules", overflow="fold")
     stages.add_column("inputs", overflow="fold")

@@ -34,10 +34,10 @@ def resnet18_dm() -> Any:
     return decouple.convert(model, splits=["layer1", "layer2", "layer3"], example_inputs=(torch.randn(2, 3, 32, 32),))
 
 
-def tiny_dm(splits: list[str]) -> Any:
+def tiny_dm(splits: list[str], **options: Any) -> Any:
     from cli_models import tiny_net
 
-    return decouple.convert(tiny_net(num_classes=4), splits=splits, example_inputs=(torch.randn(2, 3, 8, 8),))
+    return decouple.convert(tiny_net(num_classes=4), splits=splits, example_inputs=(torch.randn(2, 3, 8, 8),), **options)
 
 
 def _cells(line: str) -> list[str]:
@@ -71,6 +71,7 @@ def test_inspect_json_matches_the_api() -> None:
     result = run_cli("inspect", *TINY, "--splits", "stem,blocks.0", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
+    assert data["splits"] == ["stem", "blocks.0"] and data["model_spec"] == "tests.cli_models:tiny_net"
     dm = tiny_dm(["stem", "blocks.0"])
     counts = dm.param_counts().as_dict()
     for key in ("method", "original", "inference", "training", "effective", "affiliated", "dropped"):
@@ -249,16 +250,17 @@ def test_inspect_and_export_work_for_every_method(method: str, tmp_path: Path, c
 
 
 def test_export_writes_trained_weights_from_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dm = tiny_dm(["stem", "blocks.0"])
+    dm = tiny_dm(["stem", "blocks.0"], head="linear", head_dims=(8,))
     x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
     for _ in range(3):
         dm.train_step(x, target=y)
     torch.save(dm.state_dict(), tmp_path / "ckpt.pt")
     out = tmp_path / "out"
-    assert cli.main(["export", *TINY, "--splits", "stem,blocks.0", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 0
+    head = ["--option", "head=linear", "--option", "head_dims=[8]"]
+    assert cli.main(["export", *TINY, *head, "--splits", "stem,blocks.0", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 0
     assert "max abs diff 0" in capsys.readouterr().out
     exported = torch.load(out / "inference.pt", weights_only=True)
     for key, value in dm.effective_state_dict().items():
         torch.testing.assert_close(exported[key], value)
-    assert cli.main(["export", *TINY, "--splits", "stem", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 2
+    assert cli.main(["export", *TINY, *head, "--splits", "stem", "--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out)]) == 2
     assert "different conversion" in capsys.readouterr().err

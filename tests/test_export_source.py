@@ -198,3 +198,13 @@ def test_reporting_and_exporting_leave_training_modes_alone(tmp_path: Path) -> N
     dm.inference_module()
     decouple.export_source(dm, tmp_path)
     assert {name: m.training for name, m in dm.named_modules()} == modes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stages_on_a_gpu_export_cpu_weights(tmp_path: Path) -> None:
+    x = torch.randn(4, 3, 8, 8)
+    dm = decouple.convert(ResCNN(channels=4, blocks=2), splits=["blocks.0"], example_inputs=(x,), devices=["cuda:0"])
+    result = decouple.export_source(dm, tmp_path, example_inputs=(x.cuda(),))
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4
+    for f in result.files:
+        assert all(t.device.type == "cpu" for t in torch.load(tmp_path / f.weights, weights_only=True).values())
