@@ -10,6 +10,7 @@ from .api import DecoupledModel, TracerFallbackWarning, convert
 from .errors import (
     ConfigError,
     DecoupleError,
+    ExportError,
     InputError,
     SplitError,
     StageError,
@@ -17,6 +18,7 @@ from .errors import (
     TiedParameterError,
     TraceError,
 )
+from .export_source import export_source
 from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
@@ -36,7 +38,9 @@ __all__ = [
     "TargetError",
     "ConfigError",
     "InputError",
+    "ExportError",
     "StageError",
+    "export_source",
     "TracerFallbackWarning",
     "__version__",
 ]

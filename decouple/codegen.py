@@ -189,9 +189,10 @@ def build_inference_module(program: Program, stages: list[Stage], exit: int | No
             objects[name] = module
         graph.output(value)
     graph.lint()
-    gm = fx.GraphModule(objects, graph, class_name=_class_name(program))
-    gm.eval()
-    return gm
+    # No gm.eval() here: the live module shares its leaf modules with the training stages, and
+    # switching them would put batch norm and dropout of a model in training into eval mode.
+    # snapshot() switches its independent copy instead.
+    return fx.GraphModule(objects, graph, class_name=_class_name(program))
 
 
 def _class_name(program: Program) -> str:

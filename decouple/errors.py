@@ -17,6 +17,7 @@ __all__ = [
     "TargetError",
     "ConfigError",
     "InputError",
+    "ExportError",
     "StageError",
     "close_matches",
 ]
@@ -48,6 +49,10 @@ class ConfigError(DecoupleError):
 
 class InputError(DecoupleError):
     """Inputs given to a converted model do not match its traced signature."""
+
+
+class ExportError(DecoupleError):
+    """A converted model cannot be written out as standalone Python source."""
 
 
 class StageError(RuntimeError):

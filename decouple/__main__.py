@@ -1,0 +1,5 @@
+"""``python -m decouple``: the command line (see :mod:`decouple.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""What a conversion will do, as data: per-stage rows (``decouple inspect``) and candidate cuts (``decouple splits``).
+
+The records are dataclasses with ``as_dict()``, so the command line prints them as tables or
+JSON and Python code can use them directly. Parameter counts come from
+``DecoupledModel.param_counts()`` unchanged; boundaries from each stage's ``io`` (example shapes);
+FLOPs from shape propagation on the example inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .api import TracerFallbackWarning
+from .candidates import Candidate, balanced_splits, candidate_splits
+from .codegen import describe_value
+from .errors import TraceError
+from .inputs import normalize_example_inputs
+from .trace import Trace, TracerName, propagate, trace
+
+__all__ = [
+    "Boundary",
+    "StageRow",
+    "ConversionReport",
+    "SplitsReport",
+    "describe_conversion",
+    "describe_splits",
+    "trace_model",
+]
+
+
+@dataclass
+class Boundary:
+    """A value a stage reads or hands on: a tensor's ``shape`` and ``dtype``, or a plain ``value``.
+
+    ``carried``: the stage passes it through unchanged (a skip connection or mask crossing it).
+    """
+
+    name: str
+    shape: list[int] | None = None
+    dtype: str | None = None
+    value: Any = None
+    carried: bool = False
+
+    @classmethod
+    def of(cls, name: str, described: Any, carried: bool = False) -> Boundary:
+        """From :func:`decouple.codegen.describe_value` output."""
+        if _is_tensor_description(described):
+            return cls(name, list(described[0]), described[1], None, carried)
+        return cls(name, None, None, _jsonable(described), carried)
+
+    def __str__(self) -> str:
+        if self.shape is None:
+            text = f"{self.name} = {self.value!r}"
+        else:
+            dtype = "" if self.dtype == "float32" else f" {self.dtype}"
+            text = f"{self.name} {tuple(self.shape)}{dtype}"
+        return text + (" (carried)" if self.carried else "")
+
+
+def _is_tensor_description(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and isinstance(value[1], str)
+
+
+def _jsonable(value: Any) -> Any:
+    if _is_tensor_description(value):
+        return {"shape": list(value[0]), "dtype": value[1]}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+@dataclass
+class StageRow:
+    """One stage: modules it covers, its boundary values, parameters and share of forward FLOPs."""
+
+    index: int
+    modules: list[str]
+    inputs: list[Boundary]
+    outputs: list[Boundary]
+    representation: str | None
+    effective: int
+    affiliated: int
+    training: int
+    device: str
+    flops: int
+    flops_share: float | None
+    cost_share: float | None = None
+
+
+@dataclass
+class ConversionReport:
+    """Every stage of a conversion, and parameter totals: training vs inference vs the original model."""
+
+    model: str
+    method: str
+    splits: list[str]
+    stages: list[StageRow]
+    original: int
+    inference: int
+    training: int
+    effective: int
+    affiliated: int
+    dropped: int
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_conversion(dm: Any) -> ConversionReport:
+    """The report of a :class:`~decouple.DecoupledModel` (``decouple inspect`` prints it)."""
+    counts = dm.param_counts()
+    part = dm.program.partitions[True]
+    flops = {n.name: int(n.meta.get("flops", 0)) for n in part.trace.graph.nodes}
+    total_flops = sum(flops.values())
+    rows = []
+    for stage, row in zip(dm.stages, counts.stages):
+        io = stage.io[True]
+        plan = dm.program.stages[stage.index].plan
+        inputs = [Boundary.of(name, io.shapes.get(name)) for name in io.inputs]
+        if io.last:
+            outputs = [Boundary.of("output", describe_value(dm.program.output_value()))]
+        else:
+            outputs = [Boundary.of(name, io.shapes.get(name), carried=name not in io.outputs) for name in io.message_out]
+        stage_flops = sum(flops.get(name, 0) for name in plan.nodes)
+        rows.append(
+            StageRow(
+                index=row.index,
+                modules=list(row.modules),
+                inputs=inputs,
+                outputs=outputs,
+                representation=io.representation,
+                effective=row.effective,
+                affiliated=row.affiliated,
+                training=row.training,
+                device=row.device,
+                flops=stage_flops,
+                flops_share=stage_flops / total_flops if total_flops else None,
+                cost_share=row.cost_share,
+            )
+        )
+    return ConversionReport(
+        model=type(dm.program.root).__name__,
+        method=counts.method,
+        splits=[point.spec for point in part.splits],
+        stages=rows,
+        original=counts.original,
+        inference=counts.inference,
+        training=counts.training,
+        effective=counts.effective,
+        affiliated=counts.affiliated,
+        dropped=counts.dropped,
+        notes=list(counts.notes),
+    )
+
+
+@dataclass
+class SplitsReport:
+    """Candidate split points in forward order and, for ``stages``, the balanced choice among them.
+
+    ``stage_shares``: each suggested stage's share of forward FLOPs (of parameters when the model
+    has no FLOP counts).
+    """
+
+    model: str
+    candidates: list[Candidate]
+    stages: int | None = None
+    suggested: list[str] | None = None
+    stage_shares: list[float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for c in data["candidates"]:
+            c["aliases"], c["shape"] = list(c["aliases"]), list(c["shape"])
+        return data
+
+
+def trace_model(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    tracer: TracerName = "auto",
+    leaf_modules: Iterable[Any] = (),
+    autowrap_functions: Iterable[Callable[..., Any]] = (),
+) -> Trace:
+    """The training-mode trace of ``model`` with shapes and FLOPs, as ``convert`` makes it."""
+    args, kwargs = normalize_example_inputs(example_inputs)
+    options: dict[str, Any] = dict(leaf_modules=list(leaf_modules), autowrap_functions=list(autowrap_functions))
+    try:
+        tr = trace(model, args, kwargs, training=True, tracer="fx" if tracer == "auto" else tracer, **options)
+    except TraceError as exc:
+        if tracer != "auto":
+            raise
+        warnings.warn(f"torch.fx could not trace the model ({str(exc).splitlines()[0][:160]}); using torch.export", TracerFallbackWarning, stacklevel=2)
+        tr = trace(model, args, kwargs, training=True, tracer="export", **options)
+    propagate(tr, tr.inputs.bind(args, kwargs))
+    return tr
+
+
+def describe_splits(model: nn.Module, tr: Trace, stages: int | None = None) -> SplitsReport:
+    """Candidate split points of a traced model and, with ``stages``, a balanced set of them."""
+    candidates = candidate_splits(tr, model)
+    report = SplitsReport(type(model).__name__, candidates)
+    if stages is not None:
+        names = balanced_splits(tr, model, stages)
+        report.stages, report.suggested = stages, names
+        report.stage_shares = _stage_shares(candidates, names)
+    return report
+
+
+def _stage_shares(candidates: Sequence[Candidate], names: Sequence[str]) -> list[float]:
+    by_name = {c.name: c for c in candidates}
+    cumulative = [0.0] + [by_name[n].flops_share for n in names] + [1.0]
+    return [b - a for a, b in zip(cumulative, cumulative[1:])]
