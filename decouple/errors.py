@@ -68,8 +68,15 @@ class StageError(RuntimeError):
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> str:
-    """Return ``"; did you mean 'a', 'b'?"`` or an empty string when nothing is close."""
-    matches = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    """Return ``"; did you mean 'a', 'b'?"`` or an empty string when nothing is close.
+
+    Close means similar spelling (difflib) or that ``word`` starts a candidate (``temp`` for
+    ``temperature``).
+    """
+    pool = list(candidates)
+    matches = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
+    if len(word) >= 3:
+        matches += [c for c in pool if c.startswith(word) and c not in matches]
     if not matches:
         return ""
-    return "; did you mean " + ", ".join(repr(m) for m in matches) + "?"
+    return "; did you mean " + ", ".join(repr(m) for m in matches[:n]) + "?"
