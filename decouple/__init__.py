@@ -11,6 +11,8 @@ from .errors import (
     ConfigError,
     DecoupleError,
     InputError,
+    LaunchError,
+    RankFailedError,
     SplitError,
     StageError,
     TargetError,
@@ -20,6 +22,7 @@ from .errors import (
 from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
+from . import distributed  # noqa: E402  (decouple.distributed.StageTrainer after `import decouple`)
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,8 @@ __all__ = [
     "ConfigError",
     "InputError",
     "StageError",
+    "RankFailedError",
+    "LaunchError",
     "TracerFallbackWarning",
     "__version__",
 ]
