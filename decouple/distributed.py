@@ -114,14 +114,14 @@ class StageTrainer:
         A batch is a tuple ``(*inputs, target)``; other ranks may pass ``None``. ``on_step`` is
         called on every rank after each of its batches. Every rank must call ``fit``.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
-        if self.rank == 0 and loader is None:
-            raise ConfigError("rank 0 reads the data: pass the training loader to fit() on rank 0 (other ranks may pass None)")
-        self.dm.train()
         runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)  # type: ignore[arg-type]
 
-        def run() -> History:
+        def run() -> History:  # checks inside: a rank that rejects its arguments stops the others too
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+                raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
+            if self.rank == 0 and loader is None:
+                raise ConfigError("rank 0 reads the data: pass the training loader to fit() on rank 0 (other ranks may pass None)")
+            self.dm.train()
             if self.rank == 0:
                 log = runner.run_source(epochs, lambda epoch: self._messages(loader))  # type: ignore[arg-type]
             else:
@@ -130,6 +130,8 @@ class StageTrainer:
             return History.from_logs(self._all_gather(log))
 
         def where() -> tuple[str, int | None]:
+            if runner.position is None:
+                return "after its last batch", None
             epoch, b = runner.position
             return f"at batch {b} of epoch {epoch}", b
 

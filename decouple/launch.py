@@ -89,7 +89,7 @@ def launch(
     _check(nprocs, backend, threads, timeout)
     ctx = mp.get_context("spawn")
     span = datetime.timedelta(seconds=timeout)
-    store = dist.TCPStore(_HOST, 0, nprocs + 1, is_master=True, wait_for_workers=False, timeout=span)
+    store = _loopback_store(nprocs + 1, span)
     results = ctx.Queue()
     config = _RankConfig(nprocs, store.port, backend, timeout, threads or default_threads(nprocs))
     procs = [
@@ -103,6 +103,16 @@ def launch(
     finally:
         _stop(procs)
     return _finish(outcomes, {r: p.exitcode for r, p in enumerate(procs)}, FailureBoard(store, -1))
+
+
+def _loopback_store(world_size: int, timeout: datetime.timedelta) -> dist.TCPStore:
+    """A TCPStore listening on 127.0.0.1 only, on a port the system picks."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((_HOST, 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    fd = listener.detach()  # the store owns the socket from here on
+    return dist.TCPStore(_HOST, port, world_size, is_master=True, wait_for_workers=False, timeout=timeout, master_listen_fd=fd)
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,8 @@ class StageLog:
 class StageRunner:
     """Trains one stage on the stream of batches: read from a loader (rank 0) or from the inbox.
 
-    ``position`` is ``(epoch, batch)`` of the batch being trained, for error messages.
+    ``position`` is ``(epoch, batch)`` of the batch being trained, for error messages, and
+    ``None`` before the first batch and after the stream ends.
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class StageRunner:
         self.inbox = inbox
         self.outbox = outbox
         self.on_step = on_step
-        self.position: tuple[int, int] = (0, 0)
+        self.position: tuple[int, int] | None = None
 
     def run_source(self, epochs: int, batches: Callable[[int], Iterable[tuple[dict[str, Any], Any]]]) -> StageLog:
         """Rank 0: train on ``batches(epoch)`` for each epoch and forward the stream."""
@@ -163,11 +164,7 @@ class StageRunner:
                 self.position = (epoch, b)
                 total, count = self._accumulate(total, count, self._train(message, carry))
             self._close_epoch(log, total, count)
-        self._forward_kind(Kind.STOP)
-        if self.outbox is not None:
-            self.outbox.flush()
-        log.seconds = time.perf_counter() - start
-        return log
+        return self._stop(log, start)
 
     def run_follower(self) -> StageLog:
         """Ranks after 0: train on every message from the inbox until the stream stops."""
@@ -176,6 +173,7 @@ class StageRunner:
         start = time.perf_counter()
         epoch, b, total, count = 0, 0, None, 0
         while True:
+            self.position = (epoch, b)  # the batch it waits for, then trains
             kind, payload = self.inbox.recv()
             if kind == Kind.STOP:
                 break
@@ -183,15 +181,10 @@ class StageRunner:
                 self._close_epoch(log, total, count)
                 epoch, b, total, count = epoch + 1, 0, None, 0
                 continue
-            self.position = (epoch, b)
             message, carry = payload
             total, count = self._accumulate(total, count, self._train(message, carry))
             b += 1
-        self._forward_kind(Kind.STOP)
-        if self.outbox is not None:
-            self.outbox.flush()
-        log.seconds = time.perf_counter() - start
-        return log
+        return self._stop(log, start)
 
     # -- one batch --------------------------------------------------------------------------
     def _train(self, message: dict[str, Any], carry: Any) -> torch.Tensor | None:
@@ -215,11 +208,13 @@ class StageRunner:
                 raise self._stage_error(exc) from exc
             loss = local.loss.detach()
         if self.on_step is not None:
+            assert self.position is not None
             epoch, b = self.position
             self.on_step(StepRecord(stage.index, epoch, b, None if loss is None else float(loss)))
         return loss
 
     def _stage_error(self, exc: Exception) -> StageError:
+        assert self.position is not None
         epoch, b = self.position
         return StageError(
             f"stage {self.stage.index} failed on batch {b} of epoch {epoch}: {type(exc).__name__}: {exc}",
@@ -240,6 +235,14 @@ class StageRunner:
         log.epoch_losses.append(None if total is None or count == 0 else float(total) / count)
         log.batches += count
         self._forward_kind(Kind.EPOCH_END)
+
+    def _stop(self, log: StageLog, start: float) -> StageLog:
+        self._forward_kind(Kind.STOP)
+        if self.outbox is not None:
+            self.outbox.flush()
+        self.position = None
+        log.seconds = time.perf_counter() - start
+        return log
 
     def _forward_kind(self, kind: Kind) -> None:
         if self.outbox is not None:
