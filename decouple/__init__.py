@@ -22,7 +22,7 @@ from .errors import (
 from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
-from . import distributed  # noqa: E402  (decouple.distributed.StageTrainer after `import decouple`)
+from . import distributed  # decouple.distributed.StageTrainer after `import decouple`
 
 __version__ = "0.1.0"
 

@@ -145,7 +145,7 @@ def _run_rank(fn: Callable[..., Any], rank: int, config: _RankConfig, args: tupl
         if dist.is_initialized():
             dist.barrier()  # no rank tears the group down while a peer still talks to it
         results.put((rank, "ok", _dumps(value), ""))
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+    except BaseException as exc:  # every failure goes back to the parent
         code = 1
         secondary = isinstance(exc, RankFailedError)
         FailureBoard(store, rank).report(
@@ -178,7 +178,7 @@ def _dump_exception(exc: BaseException) -> bytes:
     """The exception's class, args and attributes; a RuntimeError with its text if they do not pickle."""
     try:
         return pickle.dumps((type(exc), exc.args, dict(vars(exc))))
-    except Exception:  # noqa: BLE001 - unpicklable exception: keep its text
+    except Exception:  # unpicklable exception: keep its text
         return pickle.dumps((RuntimeError, (f"{type(exc).__name__}: {exc}",), {}))
 
 
@@ -189,7 +189,7 @@ def _load_exception(raw: bytes) -> BaseException:
         exc.args = args
         exc.__dict__.update(attrs)
         return exc
-    except Exception as err:  # noqa: BLE001 - the class may not import in the parent
+    except Exception as err:  # the class may not import in the parent
         return RuntimeError(f"a rank failed with an exception that could not be rebuilt here ({err})")
 
 

@@ -11,9 +11,12 @@ import contextlib
 import datetime
 import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,7 +126,7 @@ def run_as_threads(dm: decouple.DecoupledModel, data: list[Any], epochs: int = 1
                 logs[r] = runner.run_source(epochs, lambda epoch: ((dm._message((x,), {}), y) for x, y in data))
             else:
                 logs[r] = runner.run_follower()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
     with one_thread():
@@ -453,3 +456,15 @@ def test_a_rank_that_hangs_is_stopped_after_the_timeout() -> None:
     assert time.monotonic() - start < 60
     assert info.value.exitcodes == {0: 1, 1: -15, 2: 1}
     assert "rank 1 did not answer within the process group's timeout" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_example_trains_two_ranks_and_evaluates(tmp_path: Any) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    args = ["--nprocs", "2", "--train-limit", "512", "--checkpoint", str(tmp_path)]
+    done = subprocess.run([sys.executable, str(root / "examples" / "train_distributed.py"), *args], capture_output=True, text=True, env=env, timeout=280)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy of SmallCNN with the trained weights" in done.stdout
+    assert sorted(p.name for p in tmp_path.glob("stage*.pt")) == ["stage0.pt", "stage1.pt"]

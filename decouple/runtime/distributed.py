@@ -61,7 +61,7 @@ class FailureBoard:
             seq = self.store.add(f"{_PREFIX}count", 1)
             self.store.set(f"{_PREFIX}{seq}", json.dumps(asdict(FailureRecord(self.rank, origin, text, cause))))
             self.store.set(own, str(seq))
-        except Exception:  # noqa: BLE001 - reporting is best effort; the link error still tells
+        except Exception:  # reporting is best effort; the link error still tells
             return
 
     def records(self) -> list[FailureRecord]:
@@ -70,7 +70,7 @@ class FailureBoard:
             count = self.store.add(f"{_PREFIX}count", 0)
             keys = [f"{_PREFIX}{i}" for i in range(1, count + 1)]
             return [FailureRecord(**json.loads(self.store.get(k))) for k in keys if self.store.check([k])]
-        except Exception:  # noqa: BLE001 - the store died with the rank that hosted it
+        except Exception:  # the store died with the rank that hosted it
             return []
 
     def first_failure(self, wait: float = 2.0) -> FailureRecord | None:
