@@ -227,7 +227,8 @@ def check_peers(dm: DecoupledModel, rank: int, world_size: int) -> None:
     if world_size != dm.num_stages:
         hint = " (data-parallel replicas of a stage are not supported)" if world_size % dm.num_stages == 0 else ""
         raise ConfigError(
-            f"the model has {dm.num_stages} stages but the process group has {world_size} ranks{hint}; run one rank "
+            f"the model has {dm.num_stages} stages but the process group has {world_size} rank{'s' if world_size != 1 else ''}"
+            f"{hint}; run one rank "
             f"per stage (torchrun --nproc-per-node {dm.num_stages}, or launch(fn, {dm.num_stages})), or convert "
             f"into {world_size} stages (e.g. splits={world_size})"
         )

@@ -261,7 +261,7 @@ def single_rank_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_world_size_must_equal_the_number_of_stages(single_rank_world: None) -> None:
-    with pytest.raises(decouple.ConfigError, match=r"the model has 2 stages but the process group has 1 ranks.*--nproc-per-node 2.*splits=1"):
+    with pytest.raises(decouple.ConfigError, match=r"the model has 2 stages but the process group has 1 rank; run one rank per stage \(torchrun --nproc-per-node 2.*splits=1"):
         StageTrainer(mlp_dm())
 
 
