@@ -12,6 +12,8 @@ from .errors import (
     DecoupleError,
     ExportError,
     InputError,
+    LaunchError,
+    RankFailedError,
     SplitError,
     StageError,
     TargetError,
@@ -22,6 +24,7 @@ from .export_source import export_source
 from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
+from . import distributed  # decouple.distributed.StageTrainer after `import decouple`
 
 __version__ = "0.1.0"
 
@@ -40,6 +43,8 @@ __all__ = [
     "InputError",
     "ExportError",
     "StageError",
+    "RankFailedError",
+    "LaunchError",
     "export_source",
     "TracerFallbackWarning",
     "__version__",

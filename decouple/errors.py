@@ -19,6 +19,8 @@ __all__ = [
     "InputError",
     "ExportError",
     "StageError",
+    "RankFailedError",
+    "LaunchError",
     "close_matches",
 ]
 
@@ -65,6 +67,31 @@ class StageError(RuntimeError):
         super().__init__(message)
         self.stage = stage
         self.batch = batch
+
+
+class RankFailedError(StageError):
+    """A rank of a multi-process run stopped because another rank failed, vanished or hung.
+
+    ``stage`` and ``batch`` say where this rank was; ``failed_rank`` names the rank that failed
+    first (``None`` when no rank reported an error).
+    """
+
+    def __init__(self, message: str, *, stage: int, batch: int | None = None, failed_rank: int | None = None) -> None:
+        super().__init__(message, stage=stage, batch=batch)
+        self.failed_rank = failed_rank
+
+
+class LaunchError(RuntimeError):
+    """Processes started by :func:`decouple.distributed.launch` failed.
+
+    Chained as the ``__cause__`` of the exception re-raised from the rank that failed first;
+    ``exitcodes`` maps each rank to its exit code, ``tracebacks`` to its formatted traceback.
+    """
+
+    def __init__(self, message: str, *, exitcodes: dict[int, int | None], tracebacks: dict[int, str]) -> None:
+        super().__init__(message)
+        self.exitcodes = exitcodes
+        self.tracebacks = tracebacks
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> str:

@@ -25,9 +25,10 @@ def mlp_case(draw):
     candidates = [f"layers.{i}" for i in range(depth)]
     chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=depth, unique=True))
     splits = sorted(chosen, key=candidates.index)
-    batch = draw(st.integers(4, 9))
+    batch = draw(st.integers(5, 9))
     classes = draw(st.integers(2, 4))
-    return MLP(widths, classes), splits, (torch.randn(batch, widths[0]),), torch.randint(0, classes, (batch,))
+    labels = torch.arange(batch) % classes  # every class at least twice: SupCon has positives
+    return MLP(widths, classes), splits, (torch.randn(batch, widths[0]),), labels[torch.randperm(batch)]
 
 
 @st.composite
@@ -43,7 +44,7 @@ def cnn_case(draw):
     splits = sorted(chosen, key=candidates.index)
     batch = draw(st.integers(4, 8))
     model = ResCNN(channels=draw(st.sampled_from([4, 6])), blocks=blocks, num_classes=3, long_skip=long_skip)
-    return model, splits, (torch.randn(batch, 3, 8, 8),), torch.randint(0, 3, (batch,))
+    return model, splits, (torch.randn(batch, 3, 8, 8),), (torch.arange(batch) % 3)[torch.randperm(batch)]
 
 
 def _check_case(model, splits, inputs, target, method: str) -> None:

@@ -1,0 +1,72 @@
+"""Throughput of multi-process training (one stage per rank, gloo) against sequential decoupled training.
+
+    python benchmarks/distributed.py [--batches 40] [--warmup 5] [--width 1024] [--depth 8]
+
+The deep MLP of ``deep_mlp.py`` (shared with the pipeline benchmark), cut into 2 equal stages,
+trained with SCL on batches of 256 bundled MNIST images. Measured side by side in one run:
+``dm.train_step`` in this process with 1 and with 2 intra-op threads, and 2 ranks started by
+``decouple.distributed.launch`` with 1 thread each (training time inside the ranks, after a
+warm-up; start-up is reported apart). Prints samples per second and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from deep_mlp import BATCH_SIZE, convert_deep_mlp, mnist_batches
+
+from decouple.distributed import StageTrainer, launch
+
+
+def sequential_seconds(args: argparse.Namespace, threads: int) -> float:
+    """Seconds ``dm.train_step`` takes for ``args.batches`` batches after ``args.warmup``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dm = convert_deep_mlp(2, width=args.width, depth=args.depth)
+        data = mnist_batches(args.warmup + args.batches)
+        for x, y in data[: args.warmup]:
+            dm.train_step(x, target=y)
+        start = time.perf_counter()
+        for x, y in data[args.warmup :]:
+            dm.train_step(x, target=y)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+
+
+def rank_seconds(width: int, depth: int, warmup: int, batches: int) -> float:
+    """In each rank: the slowest rank's training time for ``batches`` batches after a warm-up fit."""
+    trainer = StageTrainer(convert_deep_mlp(2, width=width, depth=depth))
+    data = mnist_batches(warmup + batches) if trainer.rank == 0 else None
+    trainer.fit(data[:warmup] if data else None)
+    return trainer.fit(data[warmup:] if data else None).seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--depth", type=int, default=8)
+    args = parser.parse_args()
+
+    samples = args.batches * BATCH_SIZE
+    rows = {f"sequential, {t} thread{'s' if t > 1 else ''}": sequential_seconds(args, t) for t in (1, 2)}
+    start = time.perf_counter()
+    seconds = launch(rank_seconds, 2, args.width, args.depth, args.warmup, args.batches, threads=1)
+    wall = time.perf_counter() - start
+    rows["2 ranks (gloo), 1 thread each"] = max(seconds)
+
+    print(f"deep MLP width {args.width} depth {args.depth}, 2 stages, scl, batch {BATCH_SIZE}, {args.batches} timed batches")
+    base = rows["sequential, 1 thread"]
+    for name, secs in rows.items():
+        print(f"  {name:32s} {samples / secs:9.1f} samples/s   x{base / secs:.2f} vs sequential 1 thread")
+    print(f"  2 ranks vs sequential 2 threads: x{rows['sequential, 2 threads'] / rows['2 ranks (gloo), 1 thread each']:.2f}")
+    print(f"  (launch wall time including process start-up and warm-up: {wall:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
