@@ -21,6 +21,9 @@ from .partition import Partition, partition, resolve_splits
 from .passes import get_method, method_options, run_passes
 from .report import ParamCounts, StageCounts, count
 from .runtime import sequential
+from .runtime.pipeline import Pipeline
+from .runtime.stats import RunStats
+from .runtime.timeline import Timeline
 from .stage import Stage
 from .trace import Trace, TracerName, propagate, trace
 
@@ -397,6 +400,58 @@ class DecoupledModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, stages={self.num_stages}"
+
+    # -- pipelined training -----------------------------------------------------------------
+    def pipeline(self, *, depth: int = 2, record: bool = False) -> Pipeline:
+        """A cross-batch pipeline over the stages: one worker thread per stage (see ``runtime/pipeline.py``).
+
+        ``with dm.pipeline() as pipe: pipe.submit(x, target=y); ...; stats = pipe.drain()``.
+        ``submit`` returns once stage 0 has room; ``depth`` is how many batches each stage's queue
+        holds (activations in flight); ``record=True`` records a timeline (:meth:`timeline`).
+        Training equals ``train_step`` on the same batches in the same order.
+        """
+        if self.end_to_end:
+            raise ConfigError(
+                f"method {self.method!r} backpropagates end to end, so its stages cannot train on different batches "
+                "at once; use train_step() or fit() (which trains it sequentially), or convert with a decoupled method"
+            )
+        return Pipeline(list(self.stages), bind=self._message, depth=depth, record=record, on_sync=self._pipeline_sync)  # type: ignore[arg-type]
+
+    def _pipeline_sync(self, batches: int, timeline: Timeline | None) -> None:
+        self.steps += batches
+        if timeline is not None:
+            self._timeline = timeline
+
+    def fit(
+        self,
+        loader: Iterable[Any],
+        epochs: int = 1,
+        *,
+        pipelined: bool = True,
+        progress: bool = True,
+        on_epoch_end: Callable[[int, RunStats], Any] | None = None,
+        depth: int = 2,
+        record: bool = False,
+    ) -> list[RunStats]:
+        """Train for ``epochs`` passes over ``loader``; returns one :class:`RunStats` per epoch.
+
+        Batches are ``(x, y)``, ``(*inputs, y)`` or dicts of keyword inputs with the target under
+        ``"target"`` (or ``"labels"``, ``"label"``, ``"y"``). Decoupled methods train through
+        :meth:`pipeline` unless ``pipelined=False``; ``bp`` trains sequentially. A progress bar per
+        epoch shows per-stage losses and the last stage's accuracy on logits.
+        ``on_epoch_end(epoch, stats)`` runs after each epoch with no batch in flight.
+        """
+        from .fit import fit
+
+        return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,
+                   depth=depth, record=record)
+
+    def timeline(self) -> Timeline:
+        """The events of the last pipeline run with ``record=True``; ``.render_png(path)`` draws them."""
+        timeline = getattr(self, "_timeline", None)
+        if timeline is None:
+            raise ConfigError("no timeline recorded yet: train with dm.fit(loader, record=True) or dm.pipeline(record=True)")
+        return timeline
 
 
 def _plan_parameter_count(program: Program, plan: Any) -> int:

@@ -122,16 +122,31 @@ class Stage(nn.Module):
         """Forward the component and, if it has one, its local objective."""
         next_message, output = self(message)
         result = None
-        if with_objective and self.objective is not None:
-            result = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        if with_objective:
+            result = self.evaluate(message, next_message, output, carry)
         return StageResult(next_message, output, result)
+
+    def evaluate(self, message: dict[str, Any], next_message: dict[str, Any], output: Any, carry: Any) -> LocalResult | None:
+        """The local objective on the stage's output (``None`` for a stage without one)."""
+        if self.objective is None:
+            return None
+        result: LocalResult = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        return result
 
     def step(self, loss: torch.Tensor) -> None:
         """Backpropagate this stage's local loss and update its parameters."""
+        self.backward(loss)
+        self.update()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Clear this stage's gradients and backpropagate its local loss (first half of :meth:`step`)."""
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
+
+    def update(self) -> None:
+        """The optimizer step on the gradients of :meth:`backward` (second half of :meth:`step`)."""
         if self.optimizer is not None:
             self.optimizer.step()
 
