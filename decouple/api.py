@@ -13,6 +13,8 @@ import torch.fx as fx
 from torch import nn
 
 from . import codegen
+from .balance import Balance, balance_splits
+from .balance import check_kind as check_balance
 from .errors import ConfigError, DecoupleError, TraceError
 from .inputs import normalize_example_inputs
 from .ir import Program, StageSpec
@@ -54,6 +56,7 @@ def convert(
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     copy_model: bool = True,
+    balance: str = "flops",
     **options: Any,
 ) -> DecoupledModel:
     """Compile ``model`` into stages trained with local objectives.
@@ -74,10 +77,13 @@ def convert(
         num_classes: needed by "al" and "early_exit" when the output is not ``(batch, classes)``.
         tracer: "auto" (fx, falling back to torch.export), "fx" or "export".
         leaf_modules, autowrap_functions: passed to the fx tracer; leaf modules run as one call.
+        balance: with ``splits=N``, what the stages balance, local heads included: "flops" (training
+            FLOPs), "params", or "time" (wall time on the example inputs: give a realistic batch).
         **options: options of the method (e.g. ``temperature``, ``head``, ``pool`` for "scl").
     """
     chosen = get_method(method)
     opts = method_options(chosen, options)
+    balance_kind = check_balance(balance)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}")
     if optimizer is not None and isinstance(optimizer, torch.optim.Optimizer):
@@ -96,11 +102,14 @@ def convert(
 
     if splits is None:
         raise ConfigError("splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages")
+    balanced: Balance | None = None
     if isinstance(splits, int) and not isinstance(splits, bool):
-        from .candidates import balanced_splits
-
-        names: Sequence[str] = balanced_splits(traces[True], root, splits)
+        balanced = balance_splits(traces[True], root, splits, kind=balance_kind, method=chosen, options=opts,
+                                  loss_fn=loss_fn or default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)
+        names: Sequence[str] = balanced.splits
     else:
+        if balance != "flops":
+            raise ConfigError(f"balance={balance!r} chooses split points for splits=N; with explicit splits leave it out")
         names = splits  # type: ignore[assignment]
     partitions = {True: _partition(traces[True], names, root)}
     same = traces[False] is traces[True]
@@ -128,6 +137,7 @@ def convert(
     for stage in stages:
         stage.optimizer = _make_optimizer(factory, stage)
     dm = DecoupledModel(program, stages)
+    dm.balance = balanced
     dm.train(model.training)
     return dm
 
@@ -230,6 +240,7 @@ class DecoupledModel(nn.Module):
         self.method = program.method
         self.__dict__["program"] = program  # holds the model copy; not a submodule of its own
         self.steps = 0
+        self.balance: Balance | None = None  # how splits=N chose the splits (shares per stage)
 
     # -- inputs -----------------------------------------------------------------------------
     def _message(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -329,11 +340,12 @@ class DecoupledModel(nn.Module):
             kept = [p for p in extra if id(p) in inference_ids]
             dropped = [p for p in extra if id(p) not in inference_ids]
             plan = self.program.stages[stage.index].plan  # type: ignore[union-attr]
-            rows.append(StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device)))  # type: ignore[union-attr]
+            share = self.balance.shares[stage.index] if self.balance is not None else None  # type: ignore[union-attr]
+            rows.append(StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device), share))  # type: ignore[union-attr]
         dropped_params = 0
         for plan in self.program.dropped:
             dropped_params += _plan_parameter_count(self.program, plan)
-        notes = list(self.program.notes)
+        notes = list(self.program.notes) + ([self.balance.describe()] if self.balance is not None else [])
         used = {id(p) for stage in self.stages for p in stage.module.parameters()}  # type: ignore[union-attr]
         unused = [n for n, p in self.program.root.named_parameters() if id(p) not in used]
         if unused and not self.program.dropped:
