@@ -20,6 +20,8 @@ from .errors import (
 from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
+from .runtime.stats import RunStats
+from .runtime.timeline import Timeline
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "convert",
     "DecoupledModel",
     "ParamCounts",
+    "RunStats",
+    "Timeline",
     "METHODS",
     "supcon_loss",
     "DecoupleError",

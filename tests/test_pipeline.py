@@ -213,6 +213,22 @@ def test_a_bad_batch_fails_in_the_stage_and_the_caller_sees_it() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_pipeline_that_failed_keeps_refusing_batches() -> None:
+    dm = _mlp()
+    _fail_at(dm, 0, 0, RuntimeError("boom"))
+    (x, y), = _vectors([4])
+    with pytest.raises(decouple.StageError):
+        with dm.pipeline() as pipe:
+            pipe.submit(x, target=y)
+            with pytest.raises(decouple.StageError, match="batch 0"):
+                pipe.drain()
+            with pytest.raises(decouple.StageError, match="batch 0"):
+                pipe.submit(x, target=y)
+            pipe.drain()
+    assert dm.steps == 0 and not _decouple_threads()
+
+
+@pytest.mark.timeout(60)
 def test_keyboard_interrupt_in_the_caller_shuts_down_cleanly() -> None:
     dm = _cnn()
     with pytest.raises(KeyboardInterrupt):

@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ContextManager
 
@@ -30,9 +30,9 @@ import torch.utils._pytree as pytree
 
 from ..errors import ConfigError, StageError
 from ..stage import Stage
-from .sequential import move
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
+from .transfer import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 
 __all__ = ["Batch", "Pipeline"]
 
@@ -99,49 +99,21 @@ class _Worker:
     meter: StageMeter
     recorder: Recorder
     last: bool
-    streams: tuple[Any, Any] | None = None  # (compute, copy) on CUDA
-    events: list[Any] = field(default_factory=list)
+    streams: Streams | None = None
 
     def context(self) -> ContextManager[Any]:
         """The stage's device and compute stream for the whole worker loop (nothing on CPU)."""
         # A new thread runs MKL / OpenMP with their default thread count until ATen initialises it:
         # adopt the process's torch.set_num_threads now, or results and speed depend on the thread.
         torch.set_num_threads(torch.get_num_threads())
-        if self.streams is None:
-            return nullcontext()
-        stack = ExitStack()
-        stack.enter_context(torch.cuda.device(self.stage.device))
-        stack.enter_context(torch.cuda.stream(self.streams[0]))
-        return stack
-
-    def receive(self, batch: Batch) -> tuple[dict[str, Any], Any]:
-        """The batch's message and carry on this stage's device, safe to read on its stream."""
-        device = self.stage.device
-        leaves = [x for x in pytree.tree_leaves((batch.message, batch.carry)) if isinstance(x, torch.Tensor)]
-        moving = any(x.device != device for x in leaves) or batch.ready is not None
-        with self.recorder.phase(batch.index, "copy") if moving else nullcontext():
-            if self.streams is None:
-                if batch.ready is not None:
-                    batch.ready.synchronize()  # produced on a CUDA stream: wait before reading on the host
-                return move(batch.message, device), move(batch.carry, device)
-            compute, copy = self.streams
-            if batch.ready is not None:
-                copy.wait_event(batch.ready)
-            with torch.cuda.stream(copy):
-                message, carry = move(batch.message, device, non_blocking=True), move(batch.carry, device, non_blocking=True)
-            for x in leaves:
-                if x.is_cuda:
-                    x.record_stream(copy)  # the source stays allocated until the copy has run
-            compute.wait_stream(copy)
-            for x in pytree.tree_leaves((message, carry)):
-                if isinstance(x, torch.Tensor) and x.is_cuda:
-                    x.record_stream(compute)
-            return message, carry
+        return stage_context(self.stage.device, self.streams)
 
     def train(self, batch: Batch) -> Batch:
         """Forward, local loss, backward and step on one batch; the batch for the next stage."""
         stage, rec, b = self.stage, self.recorder, batch.index
-        message, carry = self.receive(batch)
+        moving = needs_transfer((batch.message, batch.carry), stage.device, batch.ready)
+        with rec.phase(b, "copy") if moving else nullcontext():
+            message, carry = receive((batch.message, batch.carry), stage.device, self.streams, batch.ready)
         with torch.enable_grad():
             with rec.phase(b, "forward"):
                 next_message, output = stage(message)
@@ -153,20 +125,13 @@ class _Worker:
                 with rec.phase(b, "step"):
                     stage.update()
                 carry = local.carry
-        ready = self._record_event()
+        ready = ready_event(self.streams)
         if local is not None:
             scored = correct_predictions(local.prediction, batch.target) if self.last else None
             self.meter.add(local.loss, *(scored or (None, 0)), event=ready)
         if self.last:
             return Batch(b, {}, None, None, batch.samples)
         return Batch(b, _detached(next_message), _detached(carry), batch.target, batch.samples, ready)
-
-    def _record_event(self) -> Any:
-        if self.streams is None:
-            return None
-        event = torch.cuda.Event()
-        event.record(self.streams[0])
-        return event
 
 
 def _detached(value: Any) -> Any:
@@ -251,7 +216,8 @@ class Pipeline:
             self.close(abort=True)
             return
         self.close()
-        self._raise_fault()
+        if not self._faults.raised:
+            self._raise_fault()
 
     def start(self) -> None:
         """Start one worker thread per stage (``with`` does this)."""
@@ -263,7 +229,7 @@ class Pipeline:
         reset_peak_memory(devices)
         self._workers = [
             _Worker(s, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
-                    _streams(s.device))
+                    streams_for(s.device))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip
         self._queues: list[queue.Queue[Any]] = [queue.Queue(self.depth) for _ in self.stages]
@@ -379,8 +345,9 @@ class Pipeline:
         self._reported = self.completed
 
     def _raise_fault(self) -> None:
+        """Raise the first fault as a StageError (again on every call: the workers discard everything)."""
         fault = self._faults.first
-        if fault is None or self._faults.raised:
+        if fault is None:
             return
         self._faults.raised = True
         _, exc, _ = fault.exc_info
@@ -414,9 +381,3 @@ class Pipeline:
         reset_peak_memory(devices)
         self._since_drain = (self.completed, self._samples, None)
         return stats
-
-
-def _streams(device: torch.device) -> tuple[Any, Any] | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.Stream(device=device), torch.cuda.Stream(device=device)
