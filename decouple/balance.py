@@ -148,6 +148,13 @@ def balance_splits(
         message = move(tr.inputs.bind(args, kwargs), device)
         labels = _labels(program, message, device)
         segments = _measure(stages, program, message, labels, kind)
+    # a method may drop trailing parts of the model from training (associated learning replaces the
+    # head): then there are fewer trained segments than candidates, and cuts come from those
+    if len(segments) < num_stages:
+        raise SplitError(
+            f"splits={num_stages}: method {method.name!r} trains only {len(segments)} segments between the candidate "
+            f"split points ({', '.join(names)}); ask for fewer stages or give module names explicitly"
+        )
     cuts = choose_cuts(segments, num_stages)
     costs = stage_costs(segments, cuts)
     total = sum(costs) or 1.0

@@ -213,6 +213,21 @@ def test_a_bad_batch_fails_in_the_stage_and_the_caller_sees_it() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # anomaly mode warns with the forward traceback
+def test_a_nan_loss_under_anomaly_detection_stops_the_pipeline() -> None:
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(output, target)
+        return loss * torch.nan if bool((target == 3).all()) else loss
+
+    dm = _mlp(loss_fn=loss_fn)
+    data = _vectors([4, 4]) + [(torch.randn(4, 10), torch.full((4,), 3))]
+    with torch.autograd.set_detect_anomaly(True):
+        with pytest.raises(decouple.StageError, match="stage 2 .*batch 2: RuntimeError: .*nan") as info:
+            _pipelined(dm, data)
+    assert info.value.stage == 2 and not _decouple_threads()
+
+
+@pytest.mark.timeout(60)
 def test_a_pipeline_that_failed_keeps_refusing_batches() -> None:
     dm = _mlp()
     _fail_at(dm, 0, 0, RuntimeError("boom"))
