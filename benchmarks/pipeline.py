@@ -14,6 +14,8 @@ trains on the same synthetic batches, one after another in this one run (modes i
   gpipe          ``torch.distributed.pipelining.ScheduleGPipe``: 2 processes on gloo, 1 thread
                  each, the model cut in the middle (no heads), ``--microbatches`` micro-batches
   stage k alone  stage k's forward, local loss, backward and step alone, 1 thread
+  alone x2 thr   every stage alone at the same time, one thread each, no hand-off (what the GIL allows)
+  alone x2 proc  the same in one process per stage (no GIL): the ceiling of any 1-thread-per-stage runtime
 
 Prints images/s, ratios and the pipeline efficiency = pipe-1t / (slowest stage alone).
 """
@@ -103,31 +105,94 @@ def run_pipeline(args: argparse.Namespace, warm: Batches, data: Batches) -> Call
     return lambda: timed(steps, warm, data)
 
 
-def run_stage_alone(args: argparse.Namespace, warm: Batches, data: Batches, k: int) -> Callable[[], float]:
+class StageAlone:
     """Stage ``k`` training on its own inputs (precomputed), as if the other stages cost nothing."""
-    dm = convert(args)
-    stages = list(dm.stages)
 
-    def inputs(batches: Batches) -> list[tuple[dict[str, Any], Any]]:
+    def __init__(self, args: argparse.Namespace, warm: Batches, data: Batches, k: int) -> None:
+        self.dm = convert(args)
+        self.stage = list(self.dm.stages)[k]
+        self.k = k
+        self.warm, self.data = self.inputs(warm), self.inputs(data)
+
+    def inputs(self, batches: Batches) -> list[tuple[dict[str, Any], Any]]:
         out = []
         with torch.no_grad():
             for x, y in batches:
-                message, carry = dm._message((x,), {}), y
-                for stage in stages[:k]:
+                message = self.dm._message((x,), {})
+                for stage in list(self.dm.stages)[: self.k]:
                     message, _ = stage(move(message, stage.device))
-                out.append((message, carry))
+                out.append((message, y))
         return out
 
-    warm_in, data_in = inputs(warm), inputs(data)
-    stage = stages[k]
-
-    def steps(prepared: list[tuple[dict[str, Any], Any]]) -> None:
+    def steps(self, prepared: list[tuple[dict[str, Any], Any]]) -> None:
         for message, carry in prepared:
-            result = stage.run(message, carry)
+            result = self.stage.run(message, carry)
             assert result.result is not None
-            stage.step(result.result.loss)
+            self.stage.step(result.result.loss)
 
-    return lambda: timed(steps, warm_in, data_in)  # type: ignore[arg-type]
+
+def run_stage_alone(args: argparse.Namespace, warm: Batches, data: Batches, k: int) -> Callable[[], float]:
+    alone = StageAlone(args, warm, data, k)
+    return lambda: timed(alone.steps, alone.warm, alone.data)
+
+
+def run_stages_in_threads(args: argparse.Namespace, warm: Batches, data: Batches, stages: int) -> Callable[[], float]:
+    """Every stage alone, all at once in threads: the overlap the GIL allows, without any hand-off."""
+    import threading
+
+    alone = [StageAlone(args, warm, data, k) for k in range(stages)]
+
+    def run() -> float:
+        barrier = threading.Barrier(stages)
+        spans: list[tuple[float, float]] = []
+
+        def work(a: StageAlone) -> None:
+            torch.set_num_threads(torch.get_num_threads())  # adopt the process setting in this thread
+            a.steps(a.warm)
+            barrier.wait()
+            start = time.perf_counter()
+            a.steps(a.data)
+            spans.append((start, time.perf_counter()))
+
+        threads = [threading.Thread(target=work, args=(a,)) for a in alone]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return max(e for _, e in spans) - min(s for s, _ in spans)
+
+    return run
+
+
+def _stage_process(k: int, args: argparse.Namespace, barrier: Any, out: str) -> None:
+    torch.set_num_threads(1)
+    alone = StageAlone(args, make_batches(args.warmup, args.batch_size, 1), make_batches(args.batches, args.batch_size, 2), k)
+    alone.steps(alone.warm)
+    barrier.wait()
+    start = time.perf_counter()
+    alone.steps(alone.data)
+    with open(f"{out}.{k}", "w") as f:
+        json.dump({"start": start, "end": time.perf_counter()}, f)
+
+
+def run_stages_in_processes(args: argparse.Namespace, stages: int) -> float:
+    """Every stage alone, all at once in processes (1 thread each): the overlap without the GIL."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(stages)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "span")
+        procs = [ctx.Process(target=_stage_process, args=(k, args, barrier, out)) for k in range(stages)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        spans = []
+        for k in range(stages):
+            with open(f"{out}.{k}") as f:
+                spans.append(json.load(f))
+    return max(s["end"] for s in spans) - min(s["start"] for s in spans)
 
 
 def timed(steps: Callable[[Any], None], warm: Any, data: Any) -> float:
@@ -206,6 +271,7 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="a short run: 8 batches, 1 round")
     parser.add_argument("--no-gpipe", action="store_true")
+    parser.add_argument("--timeline", metavar="PNG", help="also record one pipelined pass and draw it here")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.warmup, args.rounds = 8, 2, 1
@@ -226,6 +292,7 @@ def main() -> None:
     }
     for k in range(dm.num_stages):
         modes[f"stage {k} alone"] = (1, run_stage_alone(args, warm, data, k))
+    modes["alone x2 thr"] = (1, run_stages_in_threads(args, warm, data, dm.num_stages))
     times: dict[str, list[float]] = {name: [] for name in modes}
     before = torch.get_num_threads()
     for _ in range(args.rounds):
@@ -234,6 +301,7 @@ def main() -> None:
             times[name].append(run())
     torch.set_num_threads(before)
     rate = {name: images / statistics.median(t) for name, t in times.items()}
+    rate["alone x2 proc"] = images / statistics.median(run_stages_in_processes(args, dm.num_stages) for _ in range(args.rounds))
     gpipe = None if args.no_gpipe else run_gpipe(args)
     if isinstance(gpipe, float):
         rate["gpipe"] = images / gpipe
@@ -248,6 +316,28 @@ def main() -> None:
     print(f"\npipeline efficiency = pipe-1t / slowest stage alone = {rate['pipe-1t'] / slowest:.2f}")
     print(f"pipe-1t / seq-1t = {rate['pipe-1t'] / base:.2f}  (ideal for these stages: "
           f"{sum(1 / rate[f'stage {k} alone'] for k in range(dm.num_stages)) * slowest:.2f})")
+    print(f"every stage alone at once, as a share of the slowest stage alone: in threads "
+          f"{rate['alone x2 thr'] / slowest:.2f} (GIL, no hand-off), in processes {rate['alone x2 proc'] / slowest:.2f} (no GIL)")
+    if args.timeline:
+        record_timeline(args, data, args.timeline)
+
+
+def record_timeline(args: argparse.Namespace, data: Batches, path: str) -> None:
+    """One recorded pipelined pass: how busy each stage was, and the Gantt chart."""
+    dm = convert(args)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with dm.pipeline(depth=args.queue_depth, record=True) as pipe:
+            for x, y in data:
+                pipe.submit(x, target=y)
+            pipe.drain()
+    finally:
+        torch.set_num_threads(before)
+    timeline = dm.timeline()
+    busy = ", ".join(f"stage {k} {u:.0%}" for k, u in enumerate(timeline.utilization()))
+    per_batch = ", ".join(f"stage {k} {b / len(data) * 1e3:.1f} ms" for k, b in enumerate(timeline.busy()))
+    print(f"recorded pass: busy {busy}; busy time per batch {per_batch}; chart: {timeline.render_png(path)}")
 
 
 if __name__ == "__main__":

@@ -103,10 +103,11 @@ def _finish_epoch(history: list[RunStats], epoch: int, stats: RunStats, on_epoch
 
 
 def _pipelined_epoch(pipe: Pipeline, loader: Iterable[Any], bar: Bar) -> RunStats:
+    before = pipe.completed  # the pipeline stays open across epochs
     for batch in loader:
         args, kwargs, target = unpack_batch(batch)
         pipe.submit(*args, target=target, **kwargs)
-        _show(bar, pipe.completed, pipe.meters())
+        _show(bar, pipe.completed - before, pipe.meters())
     stats = pipe.drain()
     _show_final(bar, stats)
     return stats

@@ -309,10 +309,23 @@ def test_fit_pipelined_equals_fit_sequential() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_fit_shows_a_progress_bar_with_stage_losses(capsys: pytest.CaptureFixture[str]) -> None:
-    _mlp().fit(_loader(), epochs=1)
+def test_fit_shows_a_progress_bar_with_stage_losses(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.auto
+
+    counts: list[tuple[str, int, int]] = []
+
+    class Recording(tqdm.auto.tqdm):  # type: ignore[misc, name-defined]
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            counts.append((self.desc, self.n, self.total))
+            return shown
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    _mlp().fit(_loader(n=64, batch=4), epochs=2, depth=1)
     err = capsys.readouterr().err
-    assert "epoch 1/1" in err and "s0=" in err and "s2=" in err and "acc=" in err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "s0=" in err and "s2=" in err and "acc=" in err
+    assert all(0 <= n <= total == 16 for _, n, total in counts)  # each epoch counts its own batches
+    assert {(desc, n) for desc, n, _ in counts} >= {("epoch 1/2", 16), ("epoch 2/2", 16)}
 
 
 @pytest.mark.timeout(60)

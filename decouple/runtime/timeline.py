@@ -159,11 +159,11 @@ class Timeline:
             raise ConfigError("render_png needs matplotlib: pip install 'torch-decouple[plot]'") from exc
         path = Path(path)
         rows = max(self.num_stages, 1)
-        fig, ax = plt.subplots(figsize=(10, 0.8 + 0.6 * rows))
+        fig, ax = plt.subplots(figsize=(11, 1.4 + 0.55 * rows))
         try:
             self._draw(ax)
-            ax.legend(handles=[Patch(color=_COLOURS[p], label=p) for p in PHASES], loc="upper center",
-                      bbox_to_anchor=(0.5, -0.25 if rows < 4 else -0.12), ncol=len(PHASES), frameon=False)
+            ax.legend(handles=[Patch(color=_COLOURS[p], label=p) for p in PHASES], loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
             ax.set_title(title or f"{len({e.batch for e in self.events})} batches on {self.num_stages} stages, "
                          f"{self.span * 1e3:.1f} ms")
             fig.tight_layout()
