@@ -25,6 +25,8 @@ from .losses import supcon_loss
 from .passes import METHODS
 from .report import ParamCounts
 from . import distributed  # decouple.distributed.StageTrainer after `import decouple`
+from .runtime.stats import RunStats
+from .runtime.timeline import Timeline
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,8 @@ __all__ = [
     "convert",
     "DecoupledModel",
     "ParamCounts",
+    "RunStats",
+    "Timeline",
     "METHODS",
     "supcon_loss",
     "DecoupleError",

@@ -13,6 +13,8 @@ import torch.fx as fx
 from torch import nn
 
 from . import codegen
+from .balance import Balance, balance_splits
+from .balance import check_kind as check_balance
 from .errors import ConfigError, DecoupleError, TraceError
 from .inputs import normalize_example_inputs
 from .ir import Program, StageSpec
@@ -21,6 +23,9 @@ from .partition import Partition, partition, resolve_splits
 from .passes import get_method, method_options, run_passes
 from .report import ParamCounts, StageCounts, count
 from .runtime import sequential
+from .runtime.pipeline import Pipeline
+from .runtime.stats import RunStats
+from .runtime.timeline import Timeline
 from .stage import Stage
 from .trace import Trace, TracerName, propagate, trace
 
@@ -51,6 +56,7 @@ def convert(
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     copy_model: bool = True,
+    balance: str = "flops",
     on_nonfinite: str = "raise",
     **options: Any,
 ) -> DecoupledModel:
@@ -72,12 +78,15 @@ def convert(
         num_classes: needed by "al" and "early_exit" when the output is not ``(batch, classes)``.
         tracer: "auto" (fx, falling back to torch.export), "fx" or "export".
         leaf_modules, autowrap_functions: passed to the fx tracer; leaf modules run as one call.
+        balance: with ``splits=N``, what the stages balance, local heads included: "flops" (training
+            FLOPs), "params", or "time" (wall time on the example inputs: give a realistic batch).
         on_nonfinite: a stage whose local loss is NaN or infinite "raise"s a ``StageError`` naming
             the stage and batch, or "skip"s that update (counted in ``Stage.skipped_steps``).
         **options: options of the method (e.g. ``temperature``, ``head``, ``pool`` for "scl").
     """
     chosen = get_method(method)
     opts = method_options(chosen, options)
+    balance_kind = check_balance(balance)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}")
     if optimizer is not None and isinstance(optimizer, torch.optim.Optimizer):
@@ -98,11 +107,14 @@ def convert(
 
     if splits is None:
         raise ConfigError("splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages")
+    balanced: Balance | None = None
     if isinstance(splits, int) and not isinstance(splits, bool):
-        from .candidates import balanced_splits
-
-        names: Sequence[str] = balanced_splits(traces[True], root, splits)
+        balanced = balance_splits(traces[True], root, splits, kind=balance_kind, method=chosen, options=opts,
+                                  loss_fn=loss_fn or default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)
+        names: Sequence[str] = balanced.splits
     else:
+        if balance != "flops":
+            raise ConfigError(f"balance={balance!r} chooses split points for splits=N; with explicit splits leave it out")
         names = splits  # type: ignore[assignment]
     partitions = {True: _partition(traces[True], names, root)}
     same = traces[False] is traces[True]
@@ -123,7 +135,8 @@ def convert(
         num_classes=num_classes,
     )
     run_passes(program, chosen, opts)
-    for spec, device in zip(program.stages, _assign_devices(devices, len(program.stages), root)):
+    placement = _assign_devices(devices, len(program.stages), root, dropped=len(program.dropped))
+    for spec, device in zip(program.stages, placement):
         spec.device = device
     stages = codegen.build_stages(program)
     factory = optimizer or _default_optimizer
@@ -131,6 +144,7 @@ def convert(
         stage.optimizer = _make_optimizer(factory, stage)
         stage.on_nonfinite = on_nonfinite
     dm = DecoupledModel(program, stages)
+    dm.balance = balanced
     dm.train(model.training)
     return dm
 
@@ -178,7 +192,7 @@ def _partition(tr: Trace, names: Sequence[str], root: nn.Module) -> Partition:
     return partition(tr, resolve_splits(tr, names, root), root)
 
 
-def _assign_devices(devices: Any, num_stages: int, root: nn.Module) -> list[torch.device]:
+def _assign_devices(devices: Any, num_stages: int, root: nn.Module, *, dropped: int = 0) -> list[torch.device]:
     if devices is None:
         first = next(iter(root.parameters()), None)
         return [first.device if first is not None else torch.device("cpu")] * num_stages
@@ -191,9 +205,9 @@ def _assign_devices(devices: Any, num_stages: int, root: nn.Module) -> list[torc
     if not parsed:
         raise ConfigError("devices is empty; give at least one device, or leave it out")
     if len(parsed) > num_stages:
+        why = f" (the method replaces the {dropped} stage(s) after the last split)" if dropped else ""
         raise ConfigError(
-            f"{len(parsed)} devices for {num_stages} stages: give at most one device per stage "
-            "(or add splits)"
+            f"{len(parsed)} devices for {num_stages} stages{why}: give at most one device per stage (or add splits)"
         )
     for d in parsed:
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
@@ -233,6 +247,7 @@ class DecoupledModel(nn.Module):
         self.method = program.method
         self.__dict__["program"] = program  # holds the model copy; not a submodule of its own
         self.steps = 0
+        self.balance: Balance | None = None  # how splits=N chose the splits (shares per stage)
 
     # -- inputs -----------------------------------------------------------------------------
     def _message(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -378,11 +393,12 @@ class DecoupledModel(nn.Module):
             kept = [p for p in extra if id(p) in inference_ids]
             dropped = [p for p in extra if id(p) not in inference_ids]
             plan = self.program.stages[stage.index].plan  # type: ignore[union-attr]
-            rows.append(StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device)))  # type: ignore[union-attr]
+            share = self.balance.shares[stage.index] if self.balance is not None else None  # type: ignore[union-attr]
+            rows.append(StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device), share))  # type: ignore[union-attr]
         dropped_params = 0
         for plan in self.program.dropped:
             dropped_params += _plan_parameter_count(self.program, plan)
-        notes = list(self.program.notes)
+        notes = list(self.program.notes) + ([self.balance.describe()] if self.balance is not None else [])
         used = {id(p) for stage in self.stages for p in stage.module.parameters()}  # type: ignore[union-attr]
         unused = [n for n, p in self.program.root.named_parameters() if id(p) not in used]
         if unused and not self.program.dropped:
@@ -449,6 +465,69 @@ class DecoupledModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, stages={self.num_stages}"
+
+    # -- pipelined training -----------------------------------------------------------------
+    def pipeline(self, *, depth: int = 2, record: bool = False) -> Pipeline:
+        """A cross-batch pipeline over the stages: one worker thread per stage (see ``runtime/pipeline.py``).
+
+        ``with dm.pipeline() as pipe: pipe.submit(x, target=y); ...; stats = pipe.drain()``.
+        ``submit`` returns once stage 0 has room; ``depth`` is how many batches each stage's queue
+        holds (activations in flight); ``record=True`` records a timeline (:meth:`timeline`).
+        Training equals ``train_step`` on the same batches in the same order.
+        """
+        if self.end_to_end:
+            raise ConfigError(
+                f"method {self.method!r} backpropagates end to end, so its stages cannot train on different batches "
+                "at once; use train_step() or fit() (which trains it sequentially), or convert with a decoupled method"
+            )
+        return Pipeline(list(self.stages), bind=self._message, depth=depth, record=record, on_sync=self._pipeline_sync)  # type: ignore[arg-type]
+
+    def _pipeline_sync(self, batches: int, timeline: Timeline | None) -> None:
+        self.steps += batches
+        if timeline is not None:
+            self._timeline = timeline
+
+    def fit(
+        self,
+        loader: Iterable[Any],
+        epochs: int = 1,
+        *,
+        pipelined: bool = True,
+        progress: bool = True,
+        on_epoch_end: Callable[[int, RunStats], Any] | None = None,
+        depth: int = 2,
+        record: bool = False,
+        backend: str = "threads",
+    ) -> Any:
+        """Train for ``epochs`` passes over ``loader``; returns one :class:`RunStats` per epoch.
+
+        Batches are ``(x, y)``, ``(*inputs, y)`` or dicts of keyword inputs with the target under
+        ``"target"`` (or ``"labels"``, ``"label"``, ``"y"``). Decoupled methods train through
+        :meth:`pipeline` unless ``pipelined=False``; ``bp`` trains sequentially. A progress bar per
+        epoch shows per-stage losses and the last stage's accuracy on logits.
+        ``on_epoch_end(epoch, stats)`` runs after each epoch with no batch in flight.
+
+        ``backend="processes"`` trains with one process per stage on this machine instead of one
+        thread per stage (the way past Python's GIL; see :func:`decouple.distributed.fit_processes`)
+        and returns its :class:`decouple.distributed.History`; the trained state is loaded back here.
+        """
+        if backend == "processes":
+            from .distributed import fit_processes
+
+            return fit_processes(self, loader, epochs)
+        if backend != "threads":
+            raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
+        from .fit import fit
+
+        return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,
+                   depth=depth, record=record)
+
+    def timeline(self) -> Timeline:
+        """The events of the last pipeline run with ``record=True``; ``.render_png(path)`` draws them."""
+        timeline = getattr(self, "_timeline", None)
+        if timeline is None:
+            raise ConfigError("no timeline recorded yet: train with dm.fit(loader, record=True) or dm.pipeline(record=True)")
+        return timeline
 
 
 def _plan_parameter_count(program: Program, plan: Any) -> int:

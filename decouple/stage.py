@@ -130,34 +130,52 @@ class Stage(nn.Module):
         """Forward the component and, if it has one, its local objective."""
         next_message, output = self(message)
         result = None
-        if with_objective and self.objective is not None:
-            result = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        if with_objective:
+            result = self.evaluate(message, next_message, output, carry)
         return StageResult(next_message, output, result)
 
-    def step(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
-        """Backpropagate this stage's local loss and update its parameters.
+    def evaluate(self, message: dict[str, Any], next_message: dict[str, Any], output: Any, carry: Any) -> LocalResult | None:
+        """The local objective on the stage's output (``None`` for a stage without one)."""
+        if self.objective is None:
+            return None
+        result: LocalResult = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        return result
 
-        A non-finite loss raises :class:`StageError` (``on_nonfinite="raise"``) or skips the
-        update and counts it in ``skipped_steps`` (``"skip"``). Returns whether it stepped.
-        """
-        if not bool(torch.isfinite(loss.detach())):
-            if self.on_nonfinite == "skip":
-                self.skipped_steps += 1
-                return False
-            where = f" at batch {batch}" if batch is not None else ""
-            raise StageError(
-                f"stage {self.index}: local loss is {float(loss.detach())}{where}; lower the learning rate, check the inputs, "
-                "or convert with on_nonfinite='skip' to skip such updates",
-                stage=self.index,
-                batch=batch,
-            )
+    def check_finite(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
+        """Whether to step on ``loss``: a non-finite loss raises a :class:`StageError`
+        (``on_nonfinite="raise"``) or is skipped and counted in ``skipped_steps`` (``"skip"``)."""
+        if bool(torch.isfinite(loss.detach())):
+            return True
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            return False
+        where = f" at batch {batch}" if batch is not None else ""
+        raise StageError(
+            f"stage {self.index}: local loss is {float(loss.detach())}{where}; lower the learning rate, check the inputs, "
+            "or convert with on_nonfinite='skip' to skip such updates",
+            stage=self.index,
+            batch=batch,
+        )
+
+    def step(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
+        """Backpropagate this stage's local loss and update its parameters; returns whether it stepped."""
+        if not self.check_finite(loss, batch=batch):
+            return False
+        self.backward(loss)
+        self.update()
+        return True
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Clear this stage's gradients and backpropagate its local loss (first half of :meth:`step`)."""
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
+
+    def update(self) -> None:
+        """The optimizer step on the gradients of :meth:`backward` (second half of :meth:`step`)."""
         if self.optimizer is not None:
             self.optimizer.step()
-        return True
 
     def extra_repr(self) -> str:
         return f"index={self.index}, device={self.device}"

@@ -203,7 +203,7 @@ class StageRunner:
             loss = None
         else:
             try:
-                stage.step(local.loss)
+                stage.step(local.loss, batch=self.position[1] if self.position is not None else None)
             except Exception as exc:
                 raise self._stage_error(exc) from exc
             loss = local.loss.detach()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from ..objectives import LocalResult
 from ..stage import Stage, StageResult
 
 __all__ = ["move", "forward_stages", "train_step"]
@@ -43,23 +44,27 @@ def forward_stages(
 
 
 def train_step(
-    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, end_to_end: bool = False, batch: int | None = None
+    stages: Sequence[Stage],
+    message: dict[str, Any],
+    carry: Any,
+    *,
+    end_to_end: bool = False,
+    batch: int | None = None,
+    results: list[LocalResult | None] | None = None,
 ) -> list[torch.Tensor | None]:
     """One training step on one batch; returns each stage's detached loss (``None`` without one).
 
     Decoupled methods step stage by stage; ``end_to_end`` (backprop) runs every stage forward,
     backpropagates the last stage's loss through all of them and steps every optimizer.
+    ``results``, when given, receives each stage's :class:`LocalResult` (for metrics).
     """
     if end_to_end:
-        results = forward_stages(stages, message, carry)
-        final = results[-1].result
+        forward = forward_stages(stages, message, carry)
+        if results is not None:
+            results.extend(r.result for r in forward)
+        final = forward[-1].result
         assert final is not None, "the last stage of an end-to-end program has the task loss"
-        last = stages[-1]
-        if not bool(torch.isfinite(final.loss.detach())):
-            for stage in stages[:-1]:
-                if stage.optimizer is not None:
-                    stage.optimizer.zero_grad(set_to_none=True)
-            last.step(final.loss, batch=batch)  # raises, or counts the skip
+        if not stages[-1].check_finite(final.loss, batch=batch):  # raises, or counts the skip
             return [None] * (len(stages) - 1) + [final.loss.detach()]
         for stage in stages:
             if stage.optimizer is not None:
@@ -77,6 +82,8 @@ def train_step(
             carry = move(carry, stage.device)
         result = stage.run(message, carry)
         local = result.result
+        if results is not None:
+            results.append(local)
         if local is None:
             losses.append(None)
         else:

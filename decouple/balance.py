@@ -1,0 +1,304 @@
+"""Balanced split points for ``convert(splits=N)``, counting each cut's local head in the stage it ends.
+
+Why the heads: a stage trains its component *and* the local objective at its end (stage 0
+carries its projection head and SupCon), so balancing components alone leaves the stages with
+big heads slow, worst for cheap early components. Costs come from a *fine* compile: the method's
+own passes run with a cut at every candidate point, so each fine segment has its component and
+its head, for any method. Each is measured on the example inputs with synthetic class labels:
+training FLOPs (forward + backward, ``torch.utils.flop_counter``), parameters, or wall time.
+The global RNG, the model's buffers and its gradients are left as they were.
+
+Index letters: ``m`` fine segments, ``i`` a fine segment (it ends at candidate cut ``i``), ``j`` a stage.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .candidates import candidate_splits
+from .errors import ConfigError, SplitError
+from .ir import Program, StageSpec
+from .partition import partition, resolve_splits
+from .passes import Method, run_passes
+from .report import count
+from .runtime.sequential import move
+from .stage import Stage
+from .trace import Trace
+
+__all__ = ["BalanceKind", "BALANCE_KINDS", "Segment", "Balance", "check_kind", "choose_cuts", "stage_costs", "balance_splits"]
+
+BalanceKind = Literal["flops", "params", "time"]
+BALANCE_KINDS: tuple[str, ...] = ("flops", "params", "time")
+_TIME_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The model between two candidate cuts: its component's cost and the cost of the head at its end."""
+
+    cut: str | None  # the candidate it ends at (None for the last segment)
+    component: float
+    head: float
+
+
+@dataclass(frozen=True)
+class Balance:
+    """The result of balancing: the chosen splits and each stage's share of the total cost."""
+
+    kind: str
+    splits: list[str]
+    shares: list[float]
+
+    def describe(self) -> str:
+        shares = ", ".join(f"{s:.0%}" for s in self.shares)
+        return f"splits balanced by {self.kind} (components and local heads): cost share per stage {shares}"
+
+
+def check_kind(kind: Any) -> BalanceKind:
+    if kind not in BALANCE_KINDS:
+        raise ConfigError(f"unknown balance {kind!r}; use one of {list(BALANCE_KINDS)} (it applies to splits=N)")
+    return kind  # type: ignore[no-any-return]
+
+
+# -- choosing cuts (pure) --------------------------------------------------------------------
+def stage_costs(segments: Sequence[Segment], cuts: Sequence[int]) -> list[float]:
+    """Cost of each stage when cutting after segments ``cuts``: its components plus the head at its end."""
+    costs, start = [], 0
+    for i in [*cuts, len(segments) - 1]:
+        costs.append(sum(s.component for s in segments[start : i + 1]) + (segments[i].head if i < len(segments) - 1 else 0.0))
+        start = i + 1
+    return costs
+
+
+def choose_cuts(segments: Sequence[Segment], num_stages: int) -> list[int]:
+    """Indices of ``num_stages - 1`` cuts (segment ``i`` ends at cut ``i``) minimising the costliest stage.
+
+    Dynamic programming over (stages so far, last cut); ties go to the earliest cuts.
+    """
+    m = len(segments)
+    assert 2 <= num_stages <= m, "needs one segment per stage"
+    prefix = [0.0]
+    for s in segments:
+        prefix.append(prefix[-1] + s.component)
+
+    def cost(h: int, i: int) -> float:  # a stage from segment h + 1 through i, ending at cut i
+        return prefix[i + 1] - prefix[h + 1] + segments[i].head
+
+    inf = float("inf")
+    best = [[inf] * m for _ in range(num_stages)]
+    back = [[-1] * m for _ in range(num_stages)]
+    for i in range(m - 1):
+        best[1][i] = cost(-1, i)
+    for j in range(2, num_stages):
+        for i in range(j - 1, m - 1):
+            for h in range(j - 2, i):
+                value = max(best[j - 1][h], cost(h, i))
+                if value < best[j][i]:
+                    best[j][i], back[j][i] = value, h
+    finals = [(max(best[num_stages - 1][i], prefix[m] - prefix[i + 1]), i) for i in range(m - 1) if best[num_stages - 1][i] < inf]
+    _, i = min(finals)
+    cuts = [i]
+    for j in range(num_stages - 1, 1, -1):
+        i = back[j][i]
+        cuts.append(i)
+    return sorted(cuts)
+
+
+# -- measuring (fine compile) ----------------------------------------------------------------
+def balance_splits(
+    tr: Trace,
+    root: nn.Module,
+    num_stages: int,
+    *,
+    kind: BalanceKind,
+    method: Method,
+    options: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    num_classes: int | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Balance:
+    """Pick ``num_stages - 1`` candidate splits that balance training cost, local heads included."""
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 2:
+        raise ConfigError(f"splits={num_stages!r}: an int asks for that many stages and must be at least 2")
+    candidates = candidate_splits(tr, root)
+    if len(candidates) < num_stages - 1:
+        raise SplitError(
+            f"splits={num_stages} needs {num_stages - 1} split points but the model has only {len(candidates)} "
+            f"places where a single tensor crosses ({', '.join(c.name for c in candidates) or 'none'}); ask for fewer "
+            "stages or give module names explicitly"
+        )
+    names = [c.name for c in candidates]
+    device = next((p.device for p in root.parameters()), torch.device("cpu"))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _preserved(root):
+        program = _fine_program(tr, root, names, method, options, loss_fn, num_classes, device)
+        from .codegen import build_stages
+
+        stages = build_stages(program)
+        message = move(tr.inputs.bind(args, kwargs), device)
+        labels = _labels(program, message, device)
+        segments = _measure(stages, program, message, labels, kind)
+    # a method may drop trailing parts of the model from training (associated learning replaces the
+    # head): then there are fewer trained segments than candidates, and cuts come from those
+    if len(segments) < num_stages:
+        raise SplitError(
+            f"splits={num_stages}: method {method.name!r} trains only {len(segments)} segments between the candidate "
+            f"split points ({', '.join(names)}); ask for fewer stages or give module names explicitly"
+        )
+    cuts = choose_cuts(segments, num_stages)
+    costs = stage_costs(segments, cuts)
+    total = sum(costs) or 1.0
+    return Balance(kind, [names[i] for i in cuts], [c / total for c in costs])
+
+
+def _fine_program(
+    tr: Trace, root: nn.Module, names: list[str], method: Method, options: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor], num_classes: int | None, device: torch.device,
+) -> Program:  # fmt: skip
+    """The program with a cut at every candidate, compiled by the method's passes (train mode only)."""
+    part = partition(tr, resolve_splits(tr, names, root), root)
+    specs = [StageSpec(index=k, plans={True: p, False: p}, device=device) for k, p in enumerate(part.stages)]
+    program = Program(method=method.name, root=root, partitions={True: part, False: part}, stages=specs,
+                      options=options, loss_fn=loss_fn, num_classes=num_classes)  # fmt: skip
+    run_passes(program, method, options)
+    return program
+
+
+def _labels(program: Program, message: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Synthetic class labels for the example batch: every class in turn."""
+    out = program.output_value()
+    classes = program.num_classes or (int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 2)
+    sizes = [x.shape[0] for x in pytree.tree_leaves(message) if isinstance(x, torch.Tensor) and x.dim() > 0]
+    return torch.arange(sizes[0] if sizes else 2, device=device) % max(classes, 2)
+
+
+def _measure(stages: list[Stage], program: Program, message: dict[str, Any], labels: torch.Tensor, kind: BalanceKind) -> list[Segment]:
+    if kind == "params":
+        return [
+            Segment(None, float(count(s.module.parameters())), float(count(s.affiliated_parameters()))) for s in stages
+        ]
+    if kind == "flops":
+        traced = _traced_flops(program)
+        runs = [_run_once(stages, message, labels, _flops, components=traced is None)]
+        if traced is not None:
+            runs = [[(c, head) for c, (_, head) in zip(traced, runs[0])]]
+    else:
+        runs = [_run_once(stages, message, labels, _seconds, components=True) for _ in range(1 + _TIME_REPEATS)][1:]
+    return [
+        Segment(None, statistics.median(r[i][0] for r in runs), statistics.median(r[i][1] for r in runs))
+        for i in range(len(stages))
+    ]
+
+
+def _traced_flops(program: Program) -> list[float] | None:
+    """Training FLOPs of each fine component from shape propagation: forward x 3 (backward is about twice
+    the forward); ``None`` when no node has a FLOP count (then they are measured)."""
+    part = program.partitions[True]
+    nodes = {n.name: n for n in part.trace.graph.nodes}
+    flops = [3.0 * sum(float(nodes[x].meta.get("flops", 0)) for x in plan.nodes) for plan in part.stages]
+    return flops if sum(flops) > 0 else None
+
+
+def _run_once(
+    stages: list[Stage], message: dict[str, Any], carry: Any, meter: type[_flops] | type[_seconds], *, components: bool
+) -> list[tuple[float, float]]:
+    """``(component, head)`` cost of each fine stage for one training pass over the example batch.
+
+    With ``components=False`` only the heads are measured (components run without autograd, cost 0).
+    """
+    costs = []
+    for k, stage in enumerate(stages):
+        message, carry = move(message, stage.device), move(carry, stage.device)
+        with meter() as fwd, (nullcontext() if components else torch.no_grad()):
+            next_message, output = stage(message)
+        head = 0.0
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if stage.objective is not None and k < len(stages) - 1:
+            detached = pytree.tree_map(lambda x: x.detach().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x, output)
+            with meter() as local:
+                result = stage.evaluate(message, next_message, detached, carry)
+                assert result is not None
+                if result.loss.requires_grad:
+                    result.loss.backward()
+            head = local.value
+            carry = result.carry
+            pairs = [(o, d.grad) for o, d in zip(_leaves(output), _leaves(detached)) if d.grad is not None and o.requires_grad]
+        elif components:  # the last stage (its task loss is the same wherever the cuts fall) or no objective
+            pairs = [(o, torch.ones_like(o)) for o in _leaves(output) if o.requires_grad]
+        with meter() as bwd:
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        costs.append((fwd.value + bwd.value if components else 0.0, head))
+        message = pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, next_message)
+    return costs
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
+
+
+class _Value:
+    value = 0.0
+
+
+class _flops:
+    """Counts the FLOPs run inside the block (forward and backward ops alike)."""
+
+    def __enter__(self) -> _Value:
+        self.result = _Value()
+        self.mode = FlopCounterMode(display=False)
+        self.mode.__enter__()
+        return self.result
+
+    def __exit__(self, *exc: Any) -> None:
+        self.mode.__exit__(*exc)
+        self.result.value = float(self.mode.get_total_flops())
+
+
+class _seconds:
+    """Wall time of the block (synchronising CUDA so device work is included)."""
+
+    def __enter__(self) -> _Value:
+        self.result = _Value()
+        _sync()
+        self.start = time.perf_counter()
+        return self.result
+
+    def __exit__(self, *exc: Any) -> None:
+        _sync()
+        self.result.value = time.perf_counter() - self.start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class _preserved:
+    """Restore the model's buffers (batch-norm statistics) and clear gradients the measuring left."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+
+    def __enter__(self) -> None:
+        self.buffers = {name: b.detach().clone() for name, b in self.root.named_buffers()}
+        self.grads = {id(p): p.grad for p in self.root.parameters()}
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for name, b in self.root.named_buffers():
+                if name in self.buffers:
+                    b.copy_(self.buffers[name].to(b.device))
+        for p in self.root.parameters():
+            p.grad = self.grads.get(id(p))
+

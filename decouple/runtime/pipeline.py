@@ -1,0 +1,384 @@
+"""Cross-batch pipelined training: one worker thread per stage, bounded queues between stages.
+
+Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker runs
+forward, local loss, backward and its optimizer step on a batch, then hands the detached message
+and the carry to the next stage's queue. So stage ``k`` sees batch ``b`` after exactly the
+updates of batches ``0 .. b - 1``, as in :func:`.sequential.train_step`, and pipelined training
+equals sequential training (bit for bit with one intra-op thread).
+
+Why threads: torch ops release the GIL, so stages on different devices (or CPU cores) compute
+at the same time in one process, sharing parameters with the caller; small ops stay GIL-bound.
+Why markers flow through the queues: after a fault every worker discards batches but forwards
+the flush and stop markers, so no queue stays full, no put blocks forever, and the caller
+re-raises the fault as :class:`~decouple.errors.StageError` and joins every thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ContextManager
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..errors import ConfigError, StageError
+from ..stage import Stage
+from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
+from .timeline import Recorder, Timeline
+from .transfer import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
+
+__all__ = ["Batch", "Pipeline"]
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+Binder = Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]
+
+_POLL = 0.05  # seconds between checks while the caller waits
+
+
+class _Marker:
+    """A control item that every worker forwards, even after a fault."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_FLUSH = _Marker("flush")  # every batch submitted before it is done once it reaches the end
+_STOP = _Marker("stop")  # the worker forwards it and exits
+
+
+@dataclass
+class Batch:
+    """A batch in flight: the message for the next stage, the carry, and the original target."""
+
+    index: int
+    message: dict[str, Any]
+    carry: Any
+    target: Any
+    samples: int
+    ready: Any = None  # a CUDA event recorded after the producing stage's step, or None
+
+
+@dataclass
+class _Fault:
+    stage: int
+    batch: int | None
+    exc_info: ExcInfo
+
+
+class _Faults:
+    """The first fault of any worker; once set, every worker discards batches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.first: _Fault | None = None
+        self.stopped = threading.Event()
+        self.raised = False
+
+    def report(self, stage: int, batch: int | None, exc_info: Any) -> None:
+        with self._lock:
+            if self.first is None:
+                self.first = _Fault(stage, batch, exc_info)
+        self.stopped.set()
+
+
+@dataclass
+class _Worker:
+    """What one stage's thread needs: the stage, its meter and recorder, its CUDA streams."""
+
+    stage: Stage
+    meter: StageMeter
+    recorder: Recorder
+    last: bool
+    streams: Streams | None = None
+
+    def context(self) -> ContextManager[Any]:
+        """The stage's device and compute stream for the whole worker loop (nothing on CPU)."""
+        # A new thread runs MKL / OpenMP with their default thread count until ATen initialises it:
+        # adopt the process's torch.set_num_threads now, or results and speed depend on the thread.
+        torch.set_num_threads(torch.get_num_threads())
+        return stage_context(self.stage.device, self.streams)
+
+    def train(self, batch: Batch) -> Batch:
+        """Forward, local loss, backward and step on one batch; the batch for the next stage."""
+        stage, rec, b = self.stage, self.recorder, batch.index
+        moving = needs_transfer((batch.message, batch.carry), stage.device, batch.ready)
+        with rec.phase(b, "copy") if moving else nullcontext():
+            message, carry = receive((batch.message, batch.carry), stage.device, self.streams, batch.ready)
+        with torch.enable_grad():
+            with rec.phase(b, "forward"):
+                next_message, output = stage(message)
+            with rec.phase(b, "loss"):
+                local = stage.evaluate(message, next_message, output, carry)
+            if local is not None:
+                if stage.check_finite(local.loss, batch=b):  # raises, or skips and counts
+                    with rec.phase(b, "backward"):
+                        stage.backward(local.loss)
+                    with rec.phase(b, "step"):
+                        stage.update()
+                carry = local.carry
+        ready = ready_event(self.streams)
+        if local is not None:
+            scored = correct_predictions(local.prediction, batch.target) if self.last else None
+            self.meter.add(local.loss, *(scored or (None, 0)), event=ready)
+        if self.last:
+            return Batch(b, {}, None, None, batch.samples)
+        return Batch(b, _detached(next_message), _detached(carry), batch.target, batch.samples, ready)
+
+
+def _detached(value: Any) -> Any:
+    return pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, value)
+
+
+def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:
+    """The worker loop: take a batch, train on it, hand it on; after a fault, discard until stopped."""
+    index = worker.stage.index
+    try:
+        with worker.context():
+            while True:
+                item = inbox.get()
+                if isinstance(item, _Marker):
+                    outbox.put(item)
+                    if item is _STOP:
+                        return
+                    continue
+                if faults.stopped.is_set():
+                    continue
+                try:
+                    outbox.put(worker.train(item))
+                except BaseException:  # noqa: BLE001 - every fault, KeyboardInterrupt too, goes to the caller
+                    faults.report(index, item.index, sys.exc_info())
+    except BaseException:  # noqa: BLE001 - the device or stream could not be entered
+        faults.report(index, None, sys.exc_info())
+        _discard(inbox, outbox)
+
+
+def _discard(inbox: queue.Queue[Any], outbox: queue.Queue[Any]) -> None:
+    while True:
+        item = inbox.get()
+        if isinstance(item, _Marker):
+            outbox.put(item)
+            if item is _STOP:
+                return
+
+
+class Pipeline:
+    """Train stages on a stream of batches, one thread per stage (see the module docstring).
+
+    Use as a context manager: ``submit`` batches, ``drain()`` to wait for them and get their
+    statistics (the pipeline stays open for more); leaving the block finishes the submitted
+    batches (or, after an error or KeyboardInterrupt, discards them) and joins every worker.
+    ``on_sync(batches, timeline)`` is told at each drain and at the close how many more batches
+    every stage has trained.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        bind: Binder,
+        depth: int = 2,
+        record: bool = False,
+        on_sync: Callable[[int, Timeline | None], None] | None = None,
+    ) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"depth must be an int >= 1 (batches each queue holds), got {depth!r}")
+        self.stages = list(stages)
+        self.depth = depth
+        self.record = record
+        self._bind = bind
+        self._on_sync = on_sync
+        self._reported = 0  # completed batches already passed to on_sync
+        self._faults = _Faults()
+        self._submitted = 0
+        self.completed = 0  # batches the last stage has finished
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._since_drain: tuple[int, int, float | None] = (0, 0, None)  # batches, samples, first submit after the last drain
+        self._samples = 0
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:
+            self.close(abort=True)
+            return
+        self.close()
+        if not self._faults.raised:
+            self._raise_fault()
+
+    def start(self) -> None:
+        """Start one worker thread per stage (``with`` does this)."""
+        if self._started:
+            return
+        self._started = True
+        self.origin = time.perf_counter()
+        devices = [s.device for s in self.stages]
+        reset_peak_memory(devices)
+        self._workers = [
+            _Worker(s, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
+                    streams_for(s.device))
+            for k, s in enumerate(self.stages)
+        ]  # fmt: skip
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(self.depth) for _ in self.stages]
+        self._done: queue.Queue[Any] = queue.Queue()
+        outboxes = self._queues[1:] + [self._done]
+        for worker, inbox, outbox in zip(self._workers, self._queues, outboxes):
+            thread = threading.Thread(target=_work, args=(worker, inbox, outbox, self._faults),
+                                      name=f"decouple-stage{worker.stage.index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, *, abort: bool = False) -> None:
+        """Finish (or with ``abort``, discard) the submitted batches and join every worker."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        stopping = False
+        try:
+            if abort:
+                self._faults.stopped.set()
+            self._put(_STOP)
+            stopping = True
+            self._wait_for(_STOP)
+        finally:
+            if stopping:  # a second interrupt before the stop marker went in leaves the daemon threads
+                for thread in self._threads:
+                    thread.join()
+            self._sync()
+
+    # -- batches ---------------------------------------------------------------------------
+    def submit(self, *args: Any, target: Any, **kwargs: Any) -> None:
+        """Queue one batch; returns as soon as stage 0 has room for it.
+
+        Raises :class:`StageError` if a stage has failed on an earlier batch.
+        """
+        self._check_open()
+        self._raise_fault()
+        message = self._bind(args, kwargs)
+        samples = batch_size(args, kwargs, target)
+        if self._since_drain[2] is None:
+            self._since_drain = (self._since_drain[0], self._since_drain[1], time.perf_counter())
+        self._put(Batch(self._submitted, message, target, target, samples))
+        self._submitted += 1
+        self._samples += samples
+        self._take_finished()
+
+    def drain(self) -> RunStats:
+        """Wait until every submitted batch is trained; statistics of the batches since the last drain."""
+        self._check_open()
+        self._put(_FLUSH)
+        self._wait_for(_FLUSH)
+        self._sync()
+        self._raise_fault()
+        return self._stats()
+
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    def meters(self) -> list[StageMeter]:
+        """Running meters of each stage (losses resolve as their computation completes)."""
+        return [w.meter for w in self._workers]
+
+    def timeline(self) -> Timeline | None:
+        """The recorded events (``record=True``), else ``None``."""
+        if not self.record or not self._started:
+            return None
+        return Timeline.merge([w.recorder for w in self._workers])
+
+    # -- internals -------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._started:
+            raise ConfigError("the pipeline is not running: use it as `with dm.pipeline() as pipe: ...`")
+        if self._closed:
+            raise ConfigError("this pipeline is closed: open a new one with dm.pipeline()")
+
+    def _put(self, item: Any) -> None:
+        inbox = self._queues[0]
+        while True:
+            try:
+                inbox.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                self._take_finished()
+
+    def _take_finished(self) -> None:
+        """Count the batches the last stage has finished, without waiting."""
+        while True:
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+            assert isinstance(item, Batch), f"{item!r} reached the end while nobody waited for it"
+            self.completed += 1
+
+    def _wait_for(self, marker: _Marker) -> None:
+        """Count finished batches until ``marker`` has come out of the last stage."""
+        while True:
+            try:
+                item = self._done.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if item is marker:
+                return
+            assert isinstance(item, Batch), f"{item!r} reached the end while waiting for {marker!r}"
+            self.completed += 1
+
+    def _sync(self) -> None:
+        """Tell the owner how many more batches have been trained (and the timeline so far)."""
+        if self._on_sync is not None:
+            self._on_sync(self.completed - self._reported, self.timeline())
+        self._reported = self.completed
+
+    def _raise_fault(self) -> None:
+        """Raise the first fault as a StageError (again on every call: the workers discard everything)."""
+        fault = self._faults.first
+        if fault is None:
+            return
+        self._faults.raised = True
+        _, exc, _ = fault.exc_info
+        where = f"batch {fault.batch}" if fault.batch is not None else "start-up"
+        device = self.stages[fault.stage].device
+        raise StageError(
+            f"stage {fault.stage} (on {device}) failed at {where}: {type(exc).__name__}: {exc}; every worker was "
+            "stopped and the batches in flight were discarded",
+            stage=fault.stage,
+            batch=fault.batch,
+        ) from exc
+
+    def _stats(self) -> RunStats:
+        batches0, samples0, start = self._since_drain
+        now = time.perf_counter()
+        start = now if start is None else start
+        devices = [s.device for s in self.stages]
+        meters = []
+        for w in self._workers:
+            w.meter.resolve()
+            meters.append(w.meter)
+            w.meter = StageMeter()
+        stats = RunStats(
+            losses={f"stage{k}": m.mean for k, m in enumerate(meters) if m.mean is not None},  # type: ignore[misc]
+            batches=self.completed - batches0,
+            samples=self._samples - samples0,
+            seconds=now - start,
+            accuracy=meters[-1].accuracy,
+            peak_memory=peak_memory(devices),
+        )
+        reset_peak_memory(devices)
+        self._since_drain = (self.completed, self._samples, None)
+        return stats
