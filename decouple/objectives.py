@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TargetError
-from .heads import first_tensor
 from .losses import SupConVariant, check_class_targets, logits_of, supcon_loss
 
 __all__ = ["LocalResult", "LocalObjective", "SupConObjective", "TaskObjective"]
@@ -69,9 +68,8 @@ class SupConObjective(LocalObjective):
         self.reduction = reduction
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
-        x = first_tensor(representation)
-        labels = check_class_targets(carry, x.shape[0], method="scl")
         z = F.normalize(self.projector(_pool(self.pool, representation, extras)), dim=1)  # (N, D)
+        labels = check_class_targets(carry, z.shape[0], method="scl")
         loss = supcon_loss(z, labels, self.temperature, variant=self.variant, reduction=self.reduction)  # type: ignore[arg-type]
         return LocalResult(loss, carry)
 

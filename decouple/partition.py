@@ -415,6 +415,15 @@ def _get_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
+def _readers(view: GraphView, x: str, plan: StagePlan) -> list[str]:
+    """The nodes of ``plan`` that read a parameter through node ``x``: ``x`` itself, or a get_attr's users."""
+    node = view.by_name[x]
+    if node.op != "get_attr":
+        return [x]
+    mine = set(plan.nodes)
+    return [u.name for u in node.users if u.name in mine] or [x]
+
+
 def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, dependent: set[str]) -> None:
     """Each parameter must be read by exactly one stage, and no parameter-only value may cross a cut."""
     users: dict[int, dict[int, list[str]]] = {}
@@ -422,13 +431,17 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
     for plan in p.stages:
         for x in plan.nodes:
             for pname, param in _parameters_read(view.by_name[x], root):
-                users.setdefault(id(param), {}).setdefault(plan.index, []).append(x)
+                users.setdefault(id(param), {}).setdefault(plan.index, []).extend(_readers(view, x, plan))
                 names.setdefault(id(param), [])
                 if pname not in names[id(param)]:
                     names[id(param)].append(pname)
+    registered: dict[int, list[str]] = {}
+    for pname, param in root.named_parameters(remove_duplicate=False):
+        registered.setdefault(id(param), []).append(pname)
     for pid, by_stage in users.items():
         if len(by_stage) > 1:
-            aliases = names[pid]
+            # every name the parameter is registered under (torch.export reads tied weights under one name)
+            aliases = names[pid] + [a for a in registered.get(pid, []) if a not in names[pid]]
             where = "; ".join(f"stage {k} (node {', '.join(v[:3])})" for k, v in sorted(by_stage.items()))
             also = f" (also registered as {', '.join(repr(a) for a in aliases[1:])})" if len(aliases) > 1 else ""
             raise TiedParameterError(
