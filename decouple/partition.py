@@ -158,15 +158,39 @@ class GraphView:
         }
         return sorted(out, key=self.position.__getitem__)
 
+    def side_values(self) -> set[str]:
+        """Values that are not activations: sizes and devices, and what is computed without parameters
+        from inputs that hold no floating-point tensor.
+
+        Attention masks (even a float additive one built from an integer mask), position ids and
+        shapes: carried to the stages that read them, without gradient, so they do not make a cut
+        point "skip" anything.
+        """
+        side: set[str] = set()
+        for n in self.nodes:
+            if n.op in ("get_attr", "call_module", "output"):
+                continue
+            value = n.meta.get("val", _UNKNOWN)
+            if n.op == "placeholder":
+                if not _holds_float(value):
+                    side.add(n.name)
+            elif value is not _UNKNOWN and not tensor_leaves(value):
+                side.add(n.name)  # shapes, sizes, ``x.device``: metadata of a value, not data flowing on
+            elif n.all_input_nodes and all(a.name in side or a.op == "get_attr" and not _is_parameter_like(a) for a in n.all_input_nodes):
+                side.add(n.name)
+        return side
+
     def output_dominators(self) -> list[str]:
         """Nodes every path from the inputs to the output passes through, in graph order.
 
-        These are the single-value cut points of the dataflow graph.
+        These are the single-value cut points of the dataflow graph; side values (masks, position
+        ids, shapes: see :meth:`side_values`) may cross beside them.
         """
         source = "__decouple_source__"
-        g = self.digraph.subgraph(self.input_dependent()).copy()
+        g = self.digraph.subgraph(self.input_dependent() - self.side_values()).copy()
+        entries = [n for n in g if g.in_degree(n) == 0]
         g.add_node(source)
-        g.add_edges_from((source, n.name) for n in self.nodes if n.op == "placeholder")
+        g.add_edges_from((source, n) for n in entries)
         output = next(n.name for n in reversed(self.nodes) if n.op == "output")
         if output not in g:
             return []
@@ -180,6 +204,21 @@ class GraphView:
                 break
             v = nxt
         return sorted(chain, key=self.position.__getitem__)
+
+
+_UNKNOWN = object()
+
+
+def _holds_float(value: Any) -> bool:
+    """Whether a node's example value holds a floating-point tensor (unknown values count as float)."""
+    if value is _UNKNOWN:
+        return True
+    return any(t.is_floating_point() or t.is_complex() for t in tensor_leaves(value))
+
+
+def _is_parameter_like(node: fx.Node) -> bool:
+    """A ``get_attr`` that may read a parameter: anything but an integer or boolean tensor constant."""
+    return _holds_float(node.meta.get("val", _UNKNOWN))
 
 
 def module_calls(graph: fx.Graph) -> dict[str, list[ModuleCall]]:

@@ -413,3 +413,20 @@ def test_export_stages_on_two_devices() -> None:
         out = dm.inference_module(device="cuda:0")(**{k: v.cuda() for k, v in x.items()})
         assert out.logits.device.type == "cuda"
         torch.testing.assert_close(logits_of(dm(**x)).cpu(), out.logits.cpu(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate split points of sequence models
+
+
+def test_masks_do_not_hide_layer_boundaries_from_candidates() -> None:
+    from decouple.candidates import candidate_splits
+
+    gpt2 = _converted("gpt2")
+    names = {c.name for c in candidate_splits(gpt2.program.partitions[True].trace, gpt2.program.root)}
+    assert {"transformer.h.0", "transformer.h.1", "transformer.h.2"} <= names  # the causal mask crosses them all
+    dm = decouple.convert(TransformerClassifier(40), "scl", 4, TEXT_CASES["transformer"].inputs(2), head_dims=SMALL_HEAD)
+    part = dm.program.partitions[True]
+    assert dm.num_stages == 4
+    assert all(s.spec.startswith(("embedding", "layers.")) for s in part.splits)
+    assert all("attention_mask" in b for b in part.boundaries)  # the mask still reaches every stage
