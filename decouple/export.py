@@ -14,7 +14,7 @@ normalised so partition, passes and codegen see what the fx frontend produces:
   sees, so stages placed on other devices than the example inputs run unchanged;
 * every dimension of every tensor input is exported as ``Dim.AUTO`` (dynamic unless the model
   pins it), so batch size and sequence length may differ from the example inputs; dimensions the
-  model pins (an image size, an LSTM's sequence length) are checked on entry with a clear error.
+  model pins (an image size, an LSTM's sequence length) are checked on entry (``export_sizes.py``).
 
 Export bakes ``self.training`` into the graph (``aten.dropout(x, p, train)``,
 ``aten.batch_norm(..., training, ...)``), so like fx the model is traced once per mode.
@@ -22,9 +22,7 @@ Export bakes ``self.training`` into the graph (``aten.dropout(x, p, train)``,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import operator
 import warnings
 from collections.abc import Iterator
@@ -34,19 +32,16 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
-from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from .errors import InputError, TraceError
 from .inputs import InputSpec
-from .trace import Trace, _preserved_state
+from .export_sizes import guard_fixed_dims
+from .trace import Trace
 
-__all__ = ["trace_export", "check_input_shape"]
+__all__ = ["trace_export"]
 
 #: ops that only assert metadata the example inputs had (dtype, device); they would pin a device
 _METADATA_ASSERTS = {"_assert_tensor_metadata"}
-
-#: torch logs failed fake-tensor kernels at error level; probing for fixed sizes expects some
-FAKE_TENSOR_LOGGER = "torch._subclasses.fake_tensor"
 
 #: nodes whose value a stage computes or receives (not parameters: those belong to one stage)
 _VALUE_OPS = ("placeholder", "call_function", "call_module", "call_method")
@@ -79,7 +74,7 @@ def trace_export(
     graph.eliminate_dead_code()
     graph.lint()
     result = fx.GraphModule(model, graph, type(model).__name__)
-    _guard_fixed_dims(result, inputs, named)
+    guard_fixed_dims(result, inputs, named)
     result.recompile()
     return Trace(result, training, inputs, "export")
 
@@ -321,100 +316,6 @@ def _replace_devices(value: Any, device: fx.Node) -> Any:
 
 def _is_tensor_node(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), torch.Tensor)
-
-
-def _guard_fixed_dims(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any]) -> None:
-    """Check on entry the input dimensions the graph only supports at their example size.
-
-    These are the dimensions export kept static, plus those it marked dynamic but that an op
-    specialised anyway (``aten.lstm`` fixes the sequence length): a fake run with every dynamic
-    size changed finds them. This replaces the ``_guards_fn`` call that was removed.
-    """
-    graph = gm.graph
-    placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
-    plain = {
-        name: placeholders[inputs.placeholders[name]]
-        for name in inputs.names
-        if isinstance(named[name], torch.Tensor) and isinstance(placeholders[inputs.placeholders[name]].meta.get("val"), torch.Tensor)
-    }  # fmt: skip
-    symbols: dict[str, list[tuple[str, int]]] = {}
-    fixed: dict[str, list[int]] = {name: [] for name in plain}
-    for name, node in plain.items():
-        for d, size in enumerate(node.meta["val"].shape):
-            if isinstance(size, torch.SymInt) and not is_concrete_int(size):
-                symbols.setdefault(str(size.node.expr), []).append((name, d))
-            else:
-                fixed[name].append(d)
-    for symbol in _specialised_symbols(gm, inputs, named, symbols):
-        for name, d in symbols[symbol]:
-            fixed[name].append(d)
-    last = list(placeholders.values())[-1] if placeholders else None
-    for name, dims in fixed.items():  # in argument order
-        if dims and last is not None:
-            pinned = tuple((d, int(named[name].shape[d])) for d in sorted(dims))
-            with graph.inserting_after(last):
-                last = graph.call_function(check_input_shape, (plain[name], name, pinned))
-
-
-def _specialised_symbols(
-    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[tuple[str, int]]]
-) -> list[str]:
-    """The dynamic sizes the graph fails to change: all of them changed at once fails, all but one passes."""
-    if not symbols or _runs(gm, inputs, named, symbols, set(symbols)):
-        return []
-    culprits = [s for s in symbols if _runs(gm, inputs, named, symbols, set(symbols) - {s})]
-    if culprits or not _runs(gm, inputs, named, symbols, set()):
-        return culprits
-    return list(symbols)  # several sizes are pinned together: keep every dynamic size at its example value
-
-
-def _runs(
-    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[tuple[str, int]]], changed: set[str]
-) -> bool:
-    """Whether the graph runs on fake inputs whose sizes in ``changed`` differ from the example's."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    shapes = {name: list(value.shape) for name, value in named.items() if isinstance(value, torch.Tensor)}
-    for symbol in changed:
-        for name, d in symbols[symbol]:
-            size = int(named[name].shape[d])
-            shapes[name][d] = size - 1 if size >= 3 else size + 1
-    try:
-        with _quiet(FAKE_TENSOR_LOGGER), _preserved_state(gm), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            values = []
-            for name in inputs.names:
-                value = named[name]
-                if isinstance(value, torch.Tensor):
-                    value = mode.from_tensor(value.new_empty(()).expand(shapes[name]).contiguous())
-                values.append(value)
-            gm(*values)
-    except Exception:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Silence a logger while probing: fake tensor failures are expected there and logged as errors."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def check_input_shape(value: torch.Tensor, name: str, fixed: tuple[tuple[int, int], ...]) -> None:
-    """Raise :class:`InputError` unless ``value`` has size ``s`` in every dimension ``d`` of ``fixed``."""
-    for dim, size in fixed:
-        if value.dim() <= dim or value.shape[dim] != size:
-            pinned = ", ".join(f"dim {d} = {s}" for d, s in fixed)
-            raise InputError(
-                f"input {name!r} has shape {tuple(value.shape)}, but the traced model fixed {pinned} "
-                "(torch.export keeps a dimension static when the model's code depends on its size); "
-                "give inputs of that size, or convert again with example inputs of the size you train on"
-            )
 
 
 def _rebuild_output(graph: fx.Graph, out_spec: Any, model: nn.Module) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from conftest import assert_gradient_isolation
-from models import ResCNN
+from models import InplaceAfterCut, ResCNN
 from text_models import (
     HF_CASES, TEXT_CASES, BiLSTMClassifier, TinyGPT, TransformerClassifier, hf_bert, hf_gpt2_lm, token_batch,
 )  # fmt: skip
@@ -171,6 +171,32 @@ def test_export_matches_fx_on_a_cnn() -> None:
             torch.testing.assert_close(dm.inference_module()(x), model(x))
     ios = [[s.current_io.shapes.get(s.current_io.representation) for s in dm.stages[:-1]] for dm in dms.values()]
     assert ios[0] == ios[1]
+
+
+class ViewThenInplace(nn.Module):
+    """The value leaving ``a`` is written in place through a view, after the cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h.view(-1).mul_(2.0)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("model", [InplaceAfterCut, ViewThenInplace])
+def test_export_inplace_ops_after_a_cut_clone_the_input(model: type[nn.Module]) -> None:
+    original = model()
+    x, y = torch.randn(8, 6), _labels(8)
+    dm = decouple.convert(original, "scl", ["a"], (x[:2],), tracer="export", head="linear", head_dims=(4,))
+    assert set(dm.program.stages[1].policies[True].values()) == {"clone"}  # aten in-place ops read from their schemas
+    sum(dm.local_losses(x, target=y)).backward()  # "modified by an inplace operation" without the clone
+    original.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dm.eval()(x), original(x))
 
 
 # ---------------------------------------------------------------------------------------------
