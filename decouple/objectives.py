@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TargetError
+from .heads import first_tensor
 from .losses import SupConVariant, check_class_targets, logits_of, supcon_loss
 
 __all__ = ["LocalResult", "LocalObjective", "SupConObjective", "TaskObjective"]
