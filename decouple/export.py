@@ -35,7 +35,7 @@ from torch import nn
 
 from .errors import InputError, TraceError
 from .inputs import InputSpec
-from .export_sizes import guard_fixed_dims
+from .export_sizes import guard_fixed_dims, traced_leaves
 from .trace import Trace
 
 __all__ = ["trace_export"]
@@ -64,6 +64,7 @@ def trace_export(
     gm = exported.module()
     graph = gm.graph
     in_spec, out_spec = gm._in_spec, gm._out_spec  # type: ignore[attr-defined]
+    traced = traced_leaves(graph, named)
     _drop_guards(graph)
     _bind_placeholders(graph, inputs, named, in_spec)
     _adopt_constants(graph, gm, model)
@@ -74,7 +75,7 @@ def trace_export(
     graph.eliminate_dead_code()
     graph.lint()
     result = fx.GraphModule(model, graph, type(model).__name__)
-    guard_fixed_dims(result, inputs, named)
+    guard_fixed_dims(result, inputs, named, traced)
     result.recompile()
     return Trace(result, training, inputs, "export")
 

@@ -16,54 +16,62 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from .errors import InputError
 from .inputs import InputSpec
 from .trace import _preserved_state
 
-__all__ = ["guard_fixed_dims", "check_input_shape"]
+__all__ = ["traced_leaves", "guard_fixed_dims", "check_input_shape"]
 
 #: torch logs failed fake-tensor kernels at error level; probing for fixed sizes expects some
 FAKE_TENSOR_LOGGER = "torch._subclasses.fake_tensor"
 
 
-def guard_fixed_dims(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any]) -> None:
+#: one dimension of one tensor input: (argument name, index among its tensors, dimension)
+Dim = tuple[str, int, int]
+
+
+def traced_leaves(graph: fx.Graph, named: dict[str, Any]) -> dict[str, list[Any]]:
+    """Export's example value of every tensor input, per argument, from its flat placeholders."""
+    values = iter(n.meta.get("val") for n in graph.nodes if n.op == "placeholder")
+    return {name: [next(values) for _ in pytree.tree_leaves(value)] for name, value in named.items()}
+
+
+def guard_fixed_dims(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], traced: dict[str, list[Any]]) -> None:
     """Check on entry the input dimensions the graph only supports at their example size.
 
     These are the dimensions export kept static, plus those it marked dynamic but that an op
-    specialised anyway (``aten.lstm`` fixes the sequence length): a fake run with every dynamic
-    size changed finds them. This replaces the ``_guards_fn`` call that was removed.
+    specialised anyway (``aten.lstm`` fixes the sequence length): fake runs with dynamic sizes
+    changed find them. This replaces the ``_guards_fn`` call that was removed. Arguments that
+    hold several tensors are probed but not checked.
     """
+    symbols: dict[str, list[Dim]] = {}
+    fixed: dict[str, list[int]] = {}
+    for name in inputs.names:
+        for i, val in enumerate(traced[name]):
+            if not isinstance(val, torch.Tensor):
+                continue
+            for d, size in enumerate(val.shape):
+                if isinstance(size, torch.SymInt) and not is_concrete_int(size):
+                    symbols.setdefault(str(size.node.expr), []).append((name, i, d))
+                else:
+                    fixed.setdefault(name, []).append(d)
+    for symbol in _specialised_symbols(gm, inputs, named, symbols):
+        for name, _, d in symbols[symbol]:
+            fixed.setdefault(name, []).append(d)
     graph = gm.graph
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
-    plain = {
-        name: placeholders[inputs.placeholders[name]]
-        for name in inputs.names
-        if isinstance(named[name], torch.Tensor) and isinstance(placeholders[inputs.placeholders[name]].meta.get("val"), torch.Tensor)
-    }  # fmt: skip
-    symbols: dict[str, list[tuple[str, int]]] = {}
-    fixed: dict[str, list[int]] = {name: [] for name in plain}
-    for name, node in plain.items():
-        for d, size in enumerate(node.meta["val"].shape):
-            if isinstance(size, torch.SymInt) and not is_concrete_int(size):
-                symbols.setdefault(str(size.node.expr), []).append((name, d))
-            else:
-                fixed[name].append(d)
-    for symbol in _specialised_symbols(gm, inputs, named, symbols):
-        for name, d in symbols[symbol]:
-            fixed[name].append(d)
     last = list(placeholders.values())[-1] if placeholders else None
-    for name, dims in fixed.items():  # in argument order
-        if dims and last is not None:
-            pinned = tuple((d, int(named[name].shape[d])) for d in sorted(dims))
+    for name in inputs.names:  # in argument order
+        if name in fixed and isinstance(named[name], torch.Tensor) and last is not None:
+            pinned = tuple((d, int(named[name].shape[d])) for d in sorted(set(fixed[name])))
             with graph.inserting_after(last):
-                last = graph.call_function(check_input_shape, (plain[name], name, pinned))
+                last = graph.call_function(check_input_shape, (placeholders[inputs.placeholders[name]], name, pinned))
 
 
-def _specialised_symbols(
-    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[tuple[str, int]]]
-) -> list[str]:
+def _specialised_symbols(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]]) -> list[str]:
     """The dynamic sizes the graph fails to change: all of them changed at once fails, all but one passes."""
     if not symbols or _runs(gm, inputs, named, symbols, set(symbols)):
         return []
@@ -73,29 +81,35 @@ def _specialised_symbols(
     return list(symbols)  # several sizes are pinned together: keep every dynamic size at its example value
 
 
-def _runs(
-    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[tuple[str, int]]], changed: set[str]
-) -> bool:
+def _runs(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]], changed: set[str]) -> bool:
     """Whether the graph runs on fake inputs whose sizes in ``changed`` differ from the example's."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    shapes = {name: list(value.shape) for name, value in named.items() if isinstance(value, torch.Tensor)}
+    resized: dict[tuple[str, int], dict[int, int]] = {}
     for symbol in changed:
-        for name, d in symbols[symbol]:
-            size = int(named[name].shape[d])
-            shapes[name][d] = size - 1 if size >= 3 else size + 1
+        for name, i, d in symbols[symbol]:
+            size = int(pytree.tree_leaves(named[name])[i].shape[d])
+            resized.setdefault((name, i), {})[d] = size - 1 if size >= 3 else size + 1
     try:
         with _quiet(FAKE_TENSOR_LOGGER), _preserved_state(gm), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            values = []
-            for name in inputs.names:
-                value = named[name]
-                if isinstance(value, torch.Tensor):
-                    value = mode.from_tensor(value.new_empty(()).expand(shapes[name]).contiguous())
-                values.append(value)
-            gm(*values)
-    except Exception:
+            gm(*[_fake_like(mode, named[name], resized, name) for name in inputs.names])
+    except Exception:  # any failure of the graph on those sizes: the size is pinned
         return False
     return True
+
+
+def _fake_like(mode: Any, value: Any, resized: dict[tuple[str, int], dict[int, int]], name: str) -> Any:
+    """``value`` with every tensor replaced by a fake one, resized where ``resized`` says."""
+    leaves, spec = pytree.tree_flatten(value)
+    fakes = []
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            shape = list(leaf.shape)
+            for d, size in resized.get((name, i), {}).items():
+                shape[d] = size
+            leaf = mode.from_tensor(leaf.new_empty(()).expand(shape).contiguous())
+        fakes.append(leaf)
+    return pytree.tree_unflatten(fakes, spec)
 
 
 @contextlib.contextmanager
