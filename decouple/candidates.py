@@ -2,7 +2,8 @@
 
 A candidate is a module call after which exactly one tensor crosses the cut: its output
 dominates the model's output in the dataflow graph (every path from the inputs to the output
-passes through it), so cutting there carries no skip connection. Points inside a residual block
+passes through it), so cutting there carries no skip connection. Side values (attention masks,
+position ids, shapes: ``GraphView.side_values``) may cross beside it. Points inside a residual block
 are never candidates; block boundaries are. Costs come from shape propagation: FLOPs per node
 (``torch.utils.flop_counter`` on fake tensors) and parameters per node.
 """

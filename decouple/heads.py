@@ -26,6 +26,10 @@ __all__ = [
     "GridPool",
     "TokenMean",
     "TokenSelect",
+    "FinalState",
+    "BatchFirst",
+    "last_valid_index",
+    "reads_mask",
     "make_pool",
     "make_projector",
     "output_dim",
@@ -37,7 +41,7 @@ __all__ = [
     "CHANNEL_FIRST_MODULES",
 ]
 
-POOLS = ("auto", "avg", "flatten", "mean", "first", "cls", "last", "none")
+POOLS = ("auto", "avg", "flatten", "mean", "first", "cls", "last", "final_state", "none")
 
 #: modules whose 3-D outputs are channel-first (N, C, L) rather than sequences (N, T, D).
 CHANNEL_FIRST_MODULES: tuple[type[nn.Module], ...] = (
@@ -89,8 +93,24 @@ class GridPool(nn.Module):
         return f"size={self.size}, spatial_dims={self.spatial_dims}"
 
 
+def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row of an ``(N, T)`` mask, the index of its last non-zero entry (0 for an empty row).
+
+    Works for right padding (``1 1 1 0 0``) and left padding (``0 0 1 1 1``) alike.
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask != 0).long() * positions).argmax(dim=1)
+
+
+def reads_mask(pool: nn.Module) -> bool:
+    """Whether ``pool`` takes a ``mask`` keyword (an ``(N, T)`` attention mask) in ``forward``."""
+    return bool(getattr(pool, "reads_mask", False))
+
+
 class TokenMean(nn.Module):
     """Mean over the token axis of ``(N, T, D)``; with a mask ``(N, T)``, over real tokens only."""
+
+    reads_mask = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = first_tensor(x)
@@ -103,22 +123,81 @@ class TokenMean(nn.Module):
 class TokenSelect(nn.Module):
     """One token of ``(N, T, D)``: the first (``index=0``, CLS) or the last (``index=-1``).
 
-    With a mask and ``index=-1``, the last real token of each sequence (right padding).
+    With a mask and ``index=-1``, the last real token of each sequence (right or left padding).
     """
 
     def __init__(self, index: int) -> None:
         super().__init__()
         self.index = index
+        self.reads_mask = index == -1
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = first_tensor(x)
         if mask is None or self.index == 0:
             return x[:, self.index]
-        last = mask.long().sum(dim=1).clamp(min=1) - 1  # (N,)
-        return x[torch.arange(x.shape[0], device=x.device), last]
+        return x[torch.arange(x.shape[0], device=x.device), last_valid_index(mask)]
 
     def extra_repr(self) -> str:
         return f"index={self.index}"
+
+
+class FinalState(nn.Module):
+    """The final hidden state of a recurrent layer, as associated learning's LSTM heads read it.
+
+    Given what an ``nn.LSTM`` / ``nn.GRU`` returns, ``(output, (h_n, c_n))`` or ``(output, h_n)``:
+    the last layer's ``h_n``, both directions concatenated, ``(N, directions * H)``. Given the
+    output sequence ``(N, T, directions * H)`` alone: the forward direction at the last real token
+    (``mask``, or the last position) and, for a bidirectional layer, the backward direction at the
+    first token, which is where each direction finishes reading the sequence.
+    """
+
+    reads_mask = True
+
+    def __init__(self, directions: int = 1) -> None:
+        super().__init__()
+        if directions not in (1, 2):
+            raise ConfigError(f"directions must be 1 or 2, got {directions!r}")
+        self.directions = directions
+
+    def forward(self, x: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+        state = _recurrent_state(x)
+        if state is not None:
+            return state[-self.directions :].transpose(0, 1).reshape(state.shape[1], -1)
+        seq = first_tensor(x)
+        rows = torch.arange(seq.shape[0], device=seq.device)
+        last = last_valid_index(mask) if mask is not None else torch.full_like(rows, seq.shape[1] - 1)
+        forward_state = seq[rows, last]
+        if self.directions == 1:
+            return forward_state
+        hidden = seq.shape[-1] // 2
+        return torch.cat([forward_state[:, :hidden], seq[:, 0, hidden:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"directions={self.directions}"
+
+
+def _recurrent_state(x: Any) -> torch.Tensor | None:
+    """``h_n`` ``(layers * directions, N, H)`` from an RNN's ``(output, h_n)`` or ``(output, (h_n, c_n))``."""
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        return None
+    state = x[1][0] if isinstance(x[1], (tuple, list)) and x[1] else x[1]
+    return state if isinstance(state, torch.Tensor) and state.dim() == 3 else None
+
+
+class BatchFirst(nn.Module):
+    """Runs ``pool`` on a time-major ``(T, N, D)`` sequence (an RNN with ``batch_first=False``) as ``(N, T, D)``."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+        self.reads_mask = reads_mask(pool)
+
+    def forward(self, x: Any, **extras: Any) -> torch.Tensor:
+        if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+            x = (x[0].transpose(0, 1), *x[1:])
+        elif isinstance(x, torch.Tensor):
+            x = x.transpose(0, 1)
+        return self.pool(x, **extras)
 
 
 class _Vector(nn.Module):
@@ -133,11 +212,13 @@ def make_pool(
     *,
     channel_first: bool = False,
     size: int | None = None,
+    directions: int = 1,
 ) -> nn.Module:
     """Build the module that turns a representation like ``example`` into ``(N, D)``.
 
     ``channel_first`` says a 3-D representation is ``(N, C, L)`` (it came from a Conv1d-like
-    module) rather than a sequence ``(N, T, D)``.
+    module) rather than a sequence ``(N, T, D)``. ``directions`` is 2 when the representation
+    comes from a bidirectional RNN (read by ``"final_state"``).
     """
     if isinstance(kind, nn.Module):
         return kind
@@ -153,6 +234,13 @@ def make_pool(
         return _Vector()
     if kind == "flatten":
         return Flatten()
+    if kind == "final_state":
+        if dims != 3 or channel_first:
+            raise ConfigError(
+                f"pool='final_state' reads a recurrent layer's state or a sequence (N, T, D); the representation "
+                f"has shape {tuple(example.shape)}"
+            )
+        return FinalState(directions)
     sequence = dims == 3 and not channel_first
     if kind == "auto":
         kind = "mean" if sequence else "avg"

@@ -66,6 +66,8 @@ class InputSpec:
     ``placeholders``: for each of ``names``, the name of its placeholder node in the graph.
     ``specialized``: arguments fixed at trace time to the given value (their defaults).
     ``constants``: placeholders of specialised arguments the graph still reads, with their value.
+    ``var_keyword``: the name of a ``**kwargs`` catch-all of ``forward`` (Hugging Face models have
+    one); it is accepted as long as no input is passed through it.
     """
 
     signature: inspect.Signature
@@ -73,18 +75,19 @@ class InputSpec:
     placeholders: dict[str, str] = field(default_factory=dict)
     specialized: dict[str, Any] = field(default_factory=dict)
     constants: dict[str, Any] = field(default_factory=dict)
+    var_keyword: str | None = None
 
     @classmethod
     def from_example(cls, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InputSpec:
         sig = signature_of(model)
         params = [p for p in sig.parameters.values()]
-        var = [p.name for p in params if p.kind in _VAR_KINDS]
+        var = [p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
         if var:
             raise InputError(
-                f"{type(model).__name__}.forward takes variable arguments ({', '.join('*' + v for v in var)}); "
-                "torch.fx cannot trace those. Wrap the model in a module with explicit arguments, "
-                "or use tracer='export'"
+                f"{type(model).__name__}.forward takes variable positional arguments (*{var[0]}); "
+                "decouple binds inputs to named arguments. Wrap the model in a module with explicit arguments"
             )
+        var_keyword = next((p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as exc:
@@ -97,8 +100,15 @@ class InputSpec:
                 f"example_inputs do not match {type(model).__name__}.forward{sig}: {exc}{hint}"
             ) from exc
         given = dict(bound.arguments)
-        specialized = {p.name: p.default for p in params if p.name not in given}
-        return cls(signature=sig, names=list(given), specialized=specialized)
+        if var_keyword is not None and given.pop(var_keyword, None):
+            extra = sorted(bound.arguments[var_keyword])
+            raise InputError(
+                f"example_inputs pass {extra} through **{var_keyword} of {type(model).__name__}.forward; "
+                "decouple binds inputs to named arguments only: drop them, or wrap the model in a module "
+                "that names them"
+            )
+        specialized = {p.name: p.default for p in params if p.name not in given and p.kind not in _VAR_KINDS}
+        return cls(signature=sig, names=list(given), specialized=specialized, var_keyword=var_keyword)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map call arguments to ``{placeholder node name: value}``, with clear errors."""
@@ -107,6 +117,12 @@ class InputSpec:
         except TypeError as exc:
             raise InputError(f"inputs do not match forward{self.signature}: {exc}") from exc
         values = dict(bound.arguments)
+        if self.var_keyword is not None and values.pop(self.var_keyword, None):
+            extra = sorted(bound.arguments[self.var_keyword])
+            raise InputError(
+                f"unknown input(s) {extra}: they would go to **{self.var_keyword}, which the traced graph "
+                f"does not read; the model was converted with inputs {self.names}"
+            )
         for name, value in values.items():
             if name in self.specialized and value is not self.specialized[name]:
                 if not _same_constant(value, self.specialized[name]):

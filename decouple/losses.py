@@ -8,6 +8,7 @@ uses when the user gives no ``loss_fn``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from .errors import TargetError
 
-__all__ = ["supcon_loss", "default_task_loss", "check_class_targets", "SupConVariant"]
+__all__ = ["supcon_loss", "default_task_loss", "logits_of", "check_class_targets", "SupConVariant"]
 
 SupConVariant = Literal["paper", "released"]
 
@@ -87,11 +88,29 @@ def check_class_targets(target: Any, batch: int, *, method: str, num_classes: in
     return target
 
 
+def logits_of(output: Any) -> torch.Tensor | None:
+    """The logits in a model's output: the output itself when it is a tensor, else its ``logits``.
+
+    Hugging Face models return a ``ModelOutput`` (a dict with attribute access) whose ``logits``
+    field holds them; dicts with a ``"logits"`` key work the same. ``None`` when there are none.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
 def default_task_loss(output: Any, target: Any) -> torch.Tensor:
-    """Cross-entropy of a ``(N, C)`` logits tensor against class indices (or class probabilities)."""
-    if not isinstance(output, torch.Tensor):
+    """Cross-entropy of ``(N, C)`` logits against class indices (or class probabilities).
+
+    The logits are the output itself or its ``logits`` field (Hugging Face ``ModelOutput``).
+    """
+    logits = logits_of(output)
+    if logits is None:
         raise TargetError(
-            f"the default task loss needs the model to return a logits tensor, but it returns "
-            f"{type(output).__name__}; pass loss_fn=lambda output, target: ... to convert()"
+            f"the default task loss needs the model to return a logits tensor (or an output with a `logits` "
+            f"field), but it returns {type(output).__name__}; pass loss_fn=lambda output, target: ... to convert()"
         )
-    return F.cross_entropy(output, target)
+    return F.cross_entropy(logits, target)

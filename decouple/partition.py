@@ -158,15 +158,39 @@ class GraphView:
         }
         return sorted(out, key=self.position.__getitem__)
 
+    def side_values(self) -> set[str]:
+        """Values that are not activations: sizes and devices, and what is computed without parameters
+        from inputs that hold no floating-point tensor.
+
+        Attention masks (even a float additive one built from an integer mask), position ids and
+        shapes: carried to the stages that read them, without gradient, so they do not make a cut
+        point "skip" anything.
+        """
+        side: set[str] = set()
+        for n in self.nodes:
+            if n.op in ("get_attr", "call_module", "output"):
+                continue
+            value = n.meta.get("val", _UNKNOWN)
+            if n.op == "placeholder":
+                if not _holds_float(value):
+                    side.add(n.name)
+            elif value is not _UNKNOWN and not tensor_leaves(value):
+                side.add(n.name)  # shapes, sizes, ``x.device``: metadata of a value, not data flowing on
+            elif n.all_input_nodes and all(a.name in side or a.op == "get_attr" and not _is_parameter_like(a) for a in n.all_input_nodes):
+                side.add(n.name)
+        return side
+
     def output_dominators(self) -> list[str]:
         """Nodes every path from the inputs to the output passes through, in graph order.
 
-        These are the single-value cut points of the dataflow graph.
+        These are the single-value cut points of the dataflow graph; side values (masks, position
+        ids, shapes: see :meth:`side_values`) may cross beside them.
         """
         source = "__decouple_source__"
-        g = self.digraph.subgraph(self.input_dependent()).copy()
+        g = self.digraph.subgraph(self.input_dependent() - self.side_values()).copy()
+        entries = [n for n in g if g.in_degree(n) == 0]
         g.add_node(source)
-        g.add_edges_from((source, n.name) for n in self.nodes if n.op == "placeholder")
+        g.add_edges_from((source, n) for n in entries)
         output = next(n.name for n in reversed(self.nodes) if n.op == "output")
         if output not in g:
             return []
@@ -180,6 +204,21 @@ class GraphView:
                 break
             v = nxt
         return sorted(chain, key=self.position.__getitem__)
+
+
+_UNKNOWN = object()
+
+
+def _holds_float(value: Any) -> bool:
+    """Whether a node's example value holds a floating-point tensor (unknown values count as float)."""
+    if value is _UNKNOWN:
+        return True
+    return any(t.is_floating_point() or t.is_complex() for t in tensor_leaves(value))
+
+
+def _is_parameter_like(node: fx.Node) -> bool:
+    """A ``get_attr`` that may read a parameter: anything but an integer or boolean tensor constant."""
+    return _holds_float(node.meta.get("val", _UNKNOWN))
 
 
 def module_calls(graph: fx.Graph) -> dict[str, list[ModuleCall]]:
@@ -427,6 +466,15 @@ def _get_attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
+def _readers(view: GraphView, x: str, plan: StagePlan) -> list[str]:
+    """The nodes of ``plan`` that read a parameter through node ``x``: ``x`` itself, or a get_attr's users."""
+    node = view.by_name[x]
+    if node.op != "get_attr":
+        return [x]
+    mine = set(plan.nodes)
+    return [u.name for u in node.users if u.name in mine] or [x]
+
+
 def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, dependent: set[str]) -> None:
     """Each parameter must be read by exactly one stage, and no parameter-only value may cross a cut."""
     users: dict[int, dict[int, list[str]]] = {}
@@ -434,13 +482,17 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
     for plan in p.stages:
         for x in plan.nodes:
             for pname, param in _parameters_read(view.by_name[x], root):
-                users.setdefault(id(param), {}).setdefault(plan.index, []).append(x)
+                users.setdefault(id(param), {}).setdefault(plan.index, []).extend(_readers(view, x, plan))
                 names.setdefault(id(param), [])
                 if pname not in names[id(param)]:
                     names[id(param)].append(pname)
+    registered: dict[int, list[str]] = {}
+    for pname, param in root.named_parameters(remove_duplicate=False):
+        registered.setdefault(id(param), []).append(pname)
     for pid, by_stage in users.items():
         if len(by_stage) > 1:
-            aliases = names[pid]
+            # every name the parameter is registered under (torch.export reads tied weights under one name)
+            aliases = names[pid] + [a for a in registered.get(pid, []) if a not in names[pid]]
             where = "; ".join(f"stage {k} (node {', '.join(v[:3])})" for k, v in sorted(by_stage.items()))
             also = f" (also registered as {', '.join(repr(a) for a in aliases[1:])})" if len(aliases) > 1 else ""
             raise TiedParameterError(

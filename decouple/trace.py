@@ -141,6 +141,7 @@ def _trace_fx(
         raise TraceError(_describe_trace_failure(model, exc, scope)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _drop_specialization_guards(gm, inputs)
+    _drop_var_keyword(gm, inputs)
     for node in gm.graph.nodes:
         if node.op == "placeholder" and node.target in inputs.names:
             inputs.placeholders[node.target] = node.name
@@ -180,6 +181,20 @@ def _drop_specialization_guards(gm: fx.GraphModule, inputs: InputSpec) -> None:
             graph.erase_node(guard)
         graph.erase_node(node)
     graph.lint()
+
+
+def _drop_var_keyword(gm: fx.GraphModule, inputs: InputSpec) -> None:
+    """Remove the placeholder fx makes for a ``**kwargs`` catch-all that example inputs leave empty."""
+    if inputs.var_keyword is None:
+        return
+    for node in list(gm.graph.nodes):
+        if node.op == "placeholder" and node.target == "**" + inputs.var_keyword:
+            if node.users:
+                raise TraceError(
+                    f"forward reads its **{inputs.var_keyword} argument, which torch.fx sees as one opaque value; "
+                    "trace with tracer='export', or give the arguments by name"
+                )
+            gm.graph.erase_node(node)
 
 
 def _position(graph: fx.Graph) -> Callable[[fx.Node], int]:

@@ -18,15 +18,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def assert_gradient_isolation(dm, *inputs, target) -> None:
-    """Each stage's local loss has non-zero gradient on its own parameters only."""
+def assert_gradient_isolation(dm, *inputs, target, **kw_inputs) -> None:
+    """Each stage's local loss has non-zero gradient on its own parameters only (inputs by position or name)."""
     stages = list(dm.stages)
     owned = [
         {id(p) for p in stage.parameters() if p.requires_grad}
         for stage in stages
     ]
     params = [p for stage in stages for p in stage.parameters() if p.requires_grad]
-    losses = dm.local_losses(*inputs, target=target)
+    losses = dm.local_losses(*inputs, target=target, **kw_inputs)
     with_objective = [s.index for s in stages if s.objective is not None]
     assert len(losses) == len(with_objective)
     for k, loss in zip(with_objective, losses):

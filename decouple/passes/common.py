@@ -1,4 +1,8 @@
-"""What several passes share: pooling options, representation layout, the number of classes."""
+"""What several passes share: pooling options, representation layout, the number of classes.
+
+``stage_pool`` builds the module that turns a stage's representation into a vector for its local
+head and, for sequences, finds the attention mask it pools with (see ``passes/masks.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import ConfigError
-from ..heads import CHANNEL_FIRST_MODULES, first_tensor, make_pool
+from ..heads import CHANNEL_FIRST_MODULES, BatchFirst, first_tensor, make_pool, reads_mask
 from ..ir import Program
+from ..losses import logits_of
+from .masks import carry_value, find_mask
 
-__all__ = ["PoolOptions", "build_pool", "is_channel_first", "infer_num_classes"]
+__all__ = ["PoolOptions", "StagePool", "stage_pool", "build_pool", "split_rnn", "is_channel_first", "infer_num_classes"]
 
 #: ops that keep the layout of their first input, walked through to find where a value came from
 _LAYOUT_PRESERVING = {
@@ -35,22 +41,78 @@ class PoolOptions:
 
     pool: "auto" (default: feature maps are average-pooled to a small fixed grid, sequences are
     averaged over tokens, vectors pass through), "avg", "flatten" (the papers; head size tied to
-    the example input's resolution), "mean", "first"/"cls", "last", "none", or a module factory.
+    the example input's resolution), "mean", "first"/"cls", "last", "final_state" (a recurrent
+    layer's final hidden state, associated learning's LSTM heads), "none", or a module factory.
     pool_size: the grid side for "avg" (default: the largest of 4, 2, 1 that keeps at most 4096
     pooled features and fits the map).
+    mask: the (N, T) attention mask sequence pools ("mean", "last", "final_state") respect:
+    "auto" (the forward argument ``attention_mask`` when there is one), an argument or graph node
+    name, or None.
     """
 
     pool: str | Callable[[], nn.Module] = "auto"
     pool_size: int | None = None
+    mask: str | None = "auto"
 
 
-def build_pool(program: Program, k: int, options: PoolOptions) -> tuple[nn.Module, torch.Tensor]:
-    """The pool for stage ``k``'s representation, and that representation's example tensor."""
+@dataclass
+class StagePool:
+    """A stage's pool, its representation's example tensor, and the pool's keyword inputs.
+
+    ``extras`` maps a keyword of the pool's ``forward`` (``"mask"``) to the message value that
+    fills it; objectives receive them as ``StageSpec.objective_extras``.
+    """
+
+    pool: nn.Module
+    example: torch.Tensor
+    extras: dict[str, str]
+
+
+def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
+    """The pool for stage ``k``'s representation and, for sequences, the mask it reads.
+
+    The mask (``options.mask``) is carried in the messages up to and including the one stage ``k``
+    hands on, so objectives and inference tails after stage ``k`` find it there.
+    """
     example = first_tensor(program.representation_value(k))
     if options.pool_size is not None and (not isinstance(options.pool_size, int) or options.pool_size < 1):
         raise ConfigError(f"pool_size must be a positive int, got {options.pool_size!r}")
-    pool = make_pool(options.pool, example, channel_first=is_channel_first(program, k), size=options.pool_size)
-    return pool, example
+    rnn = split_rnn(program, k)
+    time_major = rnn is not None and not rnn.batch_first and example.dim() == 3
+    if time_major:
+        example = example.transpose(0, 1)
+    directions = 2 if rnn is not None and rnn.bidirectional else 1
+    channel_first = is_channel_first(program, k)
+    pool = make_pool(options.pool, example, channel_first=channel_first, size=options.pool_size, directions=directions)
+    if time_major:
+        pool = BatchFirst(pool)
+    extras: dict[str, str] = {}
+    if reads_mask(pool):
+        mask = find_mask(program, k, options.mask, example)
+        if mask is not None:
+            carry_value(program, mask, k)
+            extras["mask"] = mask
+    return StagePool(pool, example, extras)
+
+
+def build_pool(program: Program, k: int, options: PoolOptions) -> tuple[nn.Module, torch.Tensor]:
+    """The pool for stage ``k``'s representation, and that representation's example tensor.
+
+    Also registers the pool's keyword inputs (the attention mask) as stage ``k``'s objective
+    extras; use :func:`stage_pool` to get them without that side effect on the stage spec.
+    """
+    built = stage_pool(program, k, options)
+    program.stages[k].objective_extras.update(built.extras)
+    return built.pool, built.example
+
+
+def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
+    """The recurrent module stage ``k`` ends with, when its split names one (its layout and directions)."""
+    split = program.stages[k].plans[True].split
+    if split is None or split.kind != "module":
+        return None
+    module = program.root.get_submodule(split.spec)
+    return module if isinstance(module, nn.RNNBase) else None
 
 
 def is_channel_first(program: Program, k: int) -> bool:
@@ -80,6 +142,8 @@ def is_channel_first(program: Program, k: int) -> bool:
 
 
 def _name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):  # torch.export graphs: aten.conv1d.default -> "conv1d"
+        return target._schema.name.split("::")[-1].lower()
     name = getattr(target, "__name__", None) or str(target)
     name = name.split(".")[-1] if "." in name and not name.startswith("aten") else name
     if name.startswith("aten."):
@@ -94,6 +158,7 @@ def infer_num_classes(program: Program, method: str) -> int:
             raise ConfigError(f"num_classes must be an int >= 2, got {program.num_classes!r}")
         return program.num_classes
     out = program.output_value()
+    out = logits_of(out) if logits_of(out) is not None else out
     if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= 2:
         program.num_classes = int(out.shape[1])
         return program.num_classes

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
 from ..ir import Program
-from ..losses import default_task_loss
+from ..losses import default_task_loss, logits_of
 from ..objectives import TaskObjective
 
 __all__ = ["attach_task_loss", "end_to_end"]
@@ -18,11 +16,11 @@ def attach_task_loss(program: Program, options: Any) -> None:
     """The last stage's objective is ``loss_fn(output, target)`` on exactly what the model returns."""
     if program.loss_fn is default_task_loss:
         out = program.output_value()
-        if not isinstance(out, torch.Tensor):
+        if logits_of(out) is None:
             raise ConfigError(
-                f"the model returns {type(out).__name__}, not a logits tensor, so the default cross-entropy "
-                "task loss does not apply; pass loss_fn=lambda output, target: ... to convert() "
-                "(it is called with exactly what the model returns)"
+                f"the model returns {type(out).__name__}, neither a logits tensor nor an output with a `logits` "
+                "field, so the default cross-entropy task loss does not apply; pass loss_fn=lambda output, target: "
+                "... to convert() (it is called with exactly what the model returns)"
             )
     program.stages[-1].objective = TaskObjective(program.loss_fn)
 
