@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import TargetError
 from .heads import first_tensor
-from .losses import SupConVariant, check_class_targets, supcon_loss
+from .losses import SupConVariant, check_class_targets, logits_of, supcon_loss
 
 __all__ = ["LocalResult", "LocalObjective", "SupConObjective", "TaskObjective", "ExitObjective", "AssociatedObjective"]
 
@@ -60,8 +60,10 @@ class SupConObjective(LocalObjective):
         temperature: float = 0.1,
         variant: SupConVariant = "paper",
         reduction: str = "mean",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes  # when known, targets are range-checked before any stage steps
         self.pool = pool
         self.projector = projector
         self.temperature = temperature
@@ -70,7 +72,7 @@ class SupConObjective(LocalObjective):
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
         x = first_tensor(representation)
-        labels = check_class_targets(carry, x.shape[0], method="scl")
+        labels = check_class_targets(carry, x.shape[0], method="scl", num_classes=self.num_classes)
         z = F.normalize(self.projector(_pool(self.pool, representation, extras)), dim=1)  # (N, D)
         loss = supcon_loss(z, labels, self.temperature, variant=self.variant, reduction=self.reduction)  # type: ignore[arg-type]
         return LocalResult(loss, carry)
@@ -91,8 +93,7 @@ class TaskObjective(LocalObjective):
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise TargetError(f"loss_fn must return a scalar tensor, got {shape}; reduce it with .mean()")
-        prediction = representation if isinstance(representation, torch.Tensor) else None
-        return LocalResult(loss, carry, prediction)
+        return LocalResult(loss, carry, logits_of(representation))
 
     def extra_repr(self) -> str:
         return f"loss_fn={getattr(self.loss_fn, '__name__', type(self.loss_fn).__name__)}"

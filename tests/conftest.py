@@ -18,7 +18,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def assert_gradient_isolation(dm, *inputs, target) -> None:
+def assert_gradient_isolation(dm, *inputs, target, **kw_inputs) -> None:
     """Each stage's local loss has non-zero gradient on its own parameters only."""
     stages = list(dm.stages)
     owned = [
@@ -26,7 +26,7 @@ def assert_gradient_isolation(dm, *inputs, target) -> None:
         for stage in stages
     ]
     params = [p for stage in stages for p in stage.parameters() if p.requires_grad]
-    losses = dm.local_losses(*inputs, target=target)
+    losses = dm.local_losses(*inputs, target=target, **kw_inputs)
     with_objective = [s.index for s in stages if s.objective is not None]
     assert len(losses) == len(with_objective)
     for k, loss in zip(with_objective, losses):
