@@ -419,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--md", default=os.path.join(HERE, "zoo.md"))
     parser.add_argument("--resume", action="store_true",
                         help="keep the models of --csv that pass every check; run the others (missing or failing)")
+    parser.add_argument("--merge", nargs="*", metavar="CSV",
+                        help="only rewrite --csv and --md from these result files (later files win), running nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -426,6 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _worker(args.worker, args.methods, args.out, args.threads, args.max_gib)
         return 0
 
+    if args.merge is not None:
+        merged = {(r.model, r.method): r for path in args.merge for r in read_csv(path)}
+        rows = sorted(merged.values(), key=lambda r: (r.model, METHODS.index(r.method) if r.method in METHODS else 9))
+        write_csv(rows, args.csv)
+        with open(args.md, "w") as f:
+            f.write(markdown(rows, [m for m in METHODS if any(r.method == m for r in rows)], "python benchmarks/zoo.py"))
+        return 0
     names = args.models or all_models()
     unknown = sorted(set(names) - set(all_models()))
     if unknown:

@@ -209,7 +209,8 @@ class AuxHead(nn.Module):
 def test_named_tuple_output_trains_on_its_logits_by_default(method: str) -> None:
     model = AuxHead()
     dm = decouple.convert(model, method=method, splits=["a"], example_inputs=(X6,))
-    assert dm.program.num_classes in (None, 3)
+    if method in ("al", "early_exit"):
+        assert dm.program.num_classes == 3  # read from the width of the output's .logits
     _check_converted(model, dm, method, (X6,), Y4)
     if method != "al":
         dm.train()
@@ -353,10 +354,10 @@ def test_bad_targets_fail_before_any_stage_steps(method: str, bad: str) -> None:
     x = torch.randn(4, 10)
     with unchanged(model):
         dm = decouple.convert(model, method=method, splits=["layers.0"], example_inputs=(x,))
-        before = [t.clone() for t in dm.state_dict()["stages"][0]["module"].values()] + [p.detach().clone() for p in dm.parameters()]
+        before = [t.detach().clone() for t in [*dm.parameters(), *dm.buffers()]]
         with pytest.raises(TargetError, match=match):
             dm.train_step(x, target=target)
-        after = [t for t in dm.state_dict()["stages"][0]["module"].values()] + [p.detach() for p in dm.parameters()]
+        after = [t.detach() for t in [*dm.parameters(), *dm.buffers()]]
         assert all(torch.equal(a, b) for a, b in zip(before, after)), "a stage stepped before the error"
         assert dm.steps == 0
 
