@@ -305,12 +305,18 @@ def run_model(name: str, methods: Sequence[str], *, timeout: float, threads: int
             if proc.returncode != 0:
                 tail = " ".join(proc.stderr.strip().splitlines()[-1:])[:300]
                 why = f"worker exited with status {proc.returncode} ({_signal_name(proc.returncode)}): {tail}"
+                if any(sign in proc.stderr for sign in _OUT_OF_MEMORY):
+                    why = f"out of memory: needs more than the {max_gib:g} GiB limit per model here ({tail})"
         except subprocess.TimeoutExpired:
             why = f"timeout: more than {timeout:.0f} s on this machine"
         rows = [Row(**json.loads(line)) for line in open(out.name) if line.strip()]
     done = {r.method for r in rows}
     rows += [Row(name, m, error=why or "no result", failed=["converts"]) for m in methods if m not in done]
     return rows
+
+
+#: what a worker prints when it hits the memory limit (thread stacks count against it too)
+_OUT_OF_MEMORY = ("Thread creation failed", "MemoryError", "DefaultCPUAllocator: can't allocate memory", "Cannot allocate memory")
 
 
 def _signal_name(code: int) -> str:
