@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -376,7 +377,10 @@ class DecoupledModel(nn.Module):
         for stage in self.stages:
             current.update(stage.module.state_dict())  # type: ignore[union-attr]
         reference = self.program.root.state_dict()
-        return {key: current.get(key, value) for key, value in reference.items()}
+        result = OrderedDict((key, current.get(key, value)) for key, value in reference.items())
+        # the per-module versions that _load_from_state_dict reads (e.g. torchvision's MNASNet insists on one)
+        result._metadata = getattr(reference, "_metadata", None)  # type: ignore[attr-defined]
+        return result
 
     def param_counts(self, *, exit_threshold: float | None = None) -> ParamCounts:
         """Effective and affiliated parameter counts per stage, and training / inference totals.

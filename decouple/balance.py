@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .candidates import candidate_splits
 from .errors import ConfigError, SplitError
 from .ir import Program, StageSpec
+from .losses import logits_of
 from .partition import partition, resolve_splits
 from .passes import Method, run_passes
 from .report import count
@@ -176,8 +177,8 @@ def _fine_program(
 
 def _labels(program: Program, message: dict[str, Any], device: torch.device) -> torch.Tensor:
     """Synthetic class labels for the example batch: every class in turn."""
-    out = program.output_value()
-    classes = program.num_classes or (int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 2)
+    out = logits_of(program.output_value())
+    classes = program.num_classes or (int(out.shape[1]) if out is not None and out.dim() == 2 else 2)
     sizes = [x.shape[0] for x in pytree.tree_leaves(message) if isinstance(x, torch.Tensor) and x.dim() > 0]
     return torch.arange(sizes[0] if sizes else 2, device=device) % max(classes, 2)
 

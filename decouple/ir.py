@@ -93,4 +93,13 @@ class Program:
         """The example value of the model's output in the train trace."""
         graph = self.partitions[True].trace.graph
         out = next(n for n in reversed(graph.nodes) if n.op == "output")
-        return fx.node.map_arg(out.args[0], lambda n: n.meta.get("val"))
+        return _plain(fx.node.map_arg(out.args[0], lambda n: n.meta.get("val")))
+
+
+def _plain(value: Any) -> Any:
+    """fx's immutable containers back to the ``dict`` / ``list`` the model returned (for messages and checks)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

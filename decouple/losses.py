@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .errors import TargetError
 
-__all__ = ["supcon_loss", "default_task_loss", "logits_of", "check_class_targets", "SupConVariant"]
+__all__ = ["supcon_loss", "default_task_loss", "logits_of", "check_class_targets", "check_task_targets", "SupConVariant"]
 
 SupConVariant = Literal["paper", "released"]
 
@@ -92,7 +92,9 @@ def logits_of(output: Any) -> torch.Tensor | None:
     """The logits in a model's output: the output itself when it is a tensor, else its ``logits``.
 
     Hugging Face models return a ``ModelOutput`` (a dict with attribute access) whose ``logits``
-    field holds them; dicts with a ``"logits"`` key work the same. ``None`` when there are none.
+    field holds them; dicts with a ``"logits"`` key work the same, and so do the named tuples of
+    models with auxiliary heads (torchvision's ``InceptionOutputs``, ``GoogLeNetOutputs``).
+    ``None`` when there are none.
     """
     if isinstance(output, torch.Tensor):
         return output
@@ -105,12 +107,47 @@ def logits_of(output: Any) -> torch.Tensor | None:
 def default_task_loss(output: Any, target: Any) -> torch.Tensor:
     """Cross-entropy of ``(N, C)`` logits against class indices (or class probabilities).
 
-    The logits are the output itself or its ``logits`` field (Hugging Face ``ModelOutput``).
+    The logits are the output itself or its ``logits`` field (:func:`logits_of`); auxiliary heads
+    (``aux_logits``) are left out: give a ``loss_fn`` that weighs them in to train them.
     """
     logits = logits_of(output)
     if logits is None:
         raise TargetError(
-            f"the default task loss needs the model to return a logits tensor (or an output with a `logits` "
-            f"field), but it returns {type(output).__name__}; pass loss_fn=lambda output, target: ... to convert()"
+            f"the default task loss needs the model to return a logits tensor (or an output with a .logits "
+            f"tensor), but it returns {type(output).__name__}; pass loss_fn=lambda output, target: ... to convert()"
         )
+    check_task_targets(logits, target)
     return F.cross_entropy(logits, target)
+
+
+def check_task_targets(logits: torch.Tensor, target: Any) -> None:
+    """Validate targets of the default cross-entropy: class indices ``(N, ...)`` or probabilities like the logits."""
+    if not isinstance(target, torch.Tensor):
+        raise TargetError(
+            f"the default task loss needs targets as a tensor, got {type(target).__name__}; pass "
+            "target=torch.tensor([...]) with one class index per sample"
+        )
+    if logits.dim() < 2:
+        return  # an unbatched output: cross-entropy checks it
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise TargetError(
+                f"floating-point targets are read as class probabilities and must have the logits' shape "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}; for class indices pass integer targets (target.long())"
+            )
+        return
+    if target.is_complex() or target.dtype == torch.bool:
+        raise TargetError(f"targets of dtype {target.dtype} are neither class indices nor probabilities; use target.long()")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise TargetError(
+            f"the model returns logits of shape {tuple(logits.shape)}, so class-index targets must have shape "
+            f"{expected}, got {tuple(target.shape)}"
+        )
+    classes = logits.shape[1]
+    valid = target[target != -100]  # cross-entropy's default ignore_index
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= classes):
+        raise TargetError(
+            f"targets must be class indices in [0, {classes}) (or -100 to ignore a sample), got values in "
+            f"[{int(valid.min())}, {int(valid.max())}]"
+        )

@@ -60,8 +60,10 @@ class SupConObjective(LocalObjective):
         temperature: float = 0.1,
         variant: SupConVariant = "paper",
         reduction: str = "mean",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes  # when known, targets are range-checked before any stage steps
         self.pool = pool
         self.projector = projector
         self.temperature = temperature
@@ -70,7 +72,7 @@ class SupConObjective(LocalObjective):
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
         z = F.normalize(self.projector(_pool(self.pool, representation, extras)), dim=1)  # (N, D)
-        labels = check_class_targets(carry, z.shape[0], method="scl")
+        labels = check_class_targets(carry, z.shape[0], method="scl", num_classes=self.num_classes)
         loss = supcon_loss(z, labels, self.temperature, variant=self.variant, reduction=self.reduction)  # type: ignore[arg-type]
         return LocalResult(loss, carry)
 

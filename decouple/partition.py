@@ -291,6 +291,12 @@ def _resolve_one(
                 f"(it is reused, or sits inside a loop). Split at one of its calls by fx node name instead: {names}"
             )
         call = found[0]
+        if tr.module_outputs.get(call.key, None) == []:
+            raise SplitError(
+                f"split {spec!r}: module {spec!r} returns no tensor (None, or only Python values), so there is no "
+                "representation for the stage's local head to read; split at a module that returns a tensor "
+                "(`decouple splits MODEL` lists candidates)"
+            )
         return SplitPoint(spec, "module", call.last, _representation_of(tr, call, position, nodes))
     if spec in position and nodes[position[spec]].op in _COMPUTE_OPS:
         return SplitPoint(spec, "node", position[spec], spec)

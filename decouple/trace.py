@@ -63,8 +63,11 @@ class Trace:
 class _ScopeTracer(fx.Tracer):
     """An fx tracer with user leaf modules that also records what each module call returned."""
 
-    def __init__(self, leaf_modules: Iterable[Any], autowrap_functions: Iterable[Callable[..., Any]]) -> None:
+    def __init__(
+        self, leaf_modules: Iterable[Any], autowrap_functions: Iterable[Callable[..., Any]], *, proxy_buffers: bool = True
+    ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.proxy_buffer_attributes = proxy_buffers  # buffers read in forward become get_attr nodes
         leaves = list(leaf_modules)
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_names = {n for n in leaves if isinstance(n, str)}
@@ -132,13 +135,34 @@ def _trace_fx(
     leaf_modules: Iterable[Any],
     autowrap_functions: Iterable[Callable[..., Any]],
 ) -> Trace:
-    tracer = _ScopeTracer(leaf_modules, autowrap_functions)
+    """Trace with buffers as graph values, so in-place buffer updates in forward are part of the graph.
+
+    Why: fx reads buffers as constants by default, which runs ``self.count.add_(1)`` once at trace time
+    and leaves it out of the graph (the buffer would never update in training). A model whose Python
+    control flow reads a buffer (``if self.steps > 0``) cannot trace that way; it is traced with
+    constant buffers instead, which is exact as long as forward does not update them (checked).
+    """
     concrete = dict(inputs.specialized) or None
+    tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=True)
     try:
         graph = tracer.trace(model, concrete_args=concrete)
-    except Exception as exc:  # fx raises many types: TraceError, TypeError, AttributeError, ...
-        scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
-        raise TraceError(_describe_trace_failure(model, exc, scope)) from exc
+    except Exception:  # fx raises many types: TraceError, TypeError, AttributeError, ...
+        tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=False)
+        saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+        try:
+            graph = tracer.trace(model, concrete_args=concrete)
+        except Exception as exc:
+            scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
+            raise TraceError(_describe_trace_failure(model, exc, scope)) from exc
+        finally:
+            changed = _restore_buffers(model, saved)
+        if changed:
+            raise TraceError(
+                f"{type(model).__name__}.forward updates buffer(s) {', '.join(repr(c) for c in changed)} in place and "
+                "also reads buffers in Python control flow, so torch.fx cannot trace the update into the graph.\n"
+                "Fix: run the module that owns the buffer as one opaque call with leaf_modules=[...] (its buffers then "
+                "update inside it), or trace with tracer='export'."
+            )
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _drop_specialization_guards(gm, inputs)
     _drop_var_keyword(gm, inputs)
@@ -147,6 +171,18 @@ def _trace_fx(
             inputs.placeholders[node.target] = node.name
     gm.recompile()
     return Trace(gm, training, inputs, "fx", tracer.module_outputs)
+
+
+def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:
+    """Put back buffer values saved before a trace; the names of those the trace changed."""
+    changed = []
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name in saved and (b.shape != saved[name].shape or not torch.equal(b, saved[name])):
+                changed.append(name)
+                if b.shape == saved[name].shape:
+                    b.copy_(saved[name])
+    return changed
 
 
 def _drop_specialization_guards(gm: fx.GraphModule, inputs: InputSpec) -> None:

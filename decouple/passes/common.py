@@ -157,12 +157,12 @@ def infer_num_classes(program: Program, method: str) -> int:
         if not isinstance(program.num_classes, int) or program.num_classes < 2:
             raise ConfigError(f"num_classes must be an int >= 2, got {program.num_classes!r}")
         return program.num_classes
-    out = program.output_value()
-    out = logits_of(out) if logits_of(out) is not None else out
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= 2:
+    output = program.output_value()
+    out = logits_of(output)
+    if out is not None and out.dim() == 2 and out.shape[1] >= 2:
         program.num_classes = int(out.shape[1])
         return program.num_classes
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    shape = tuple(out.shape) if out is not None else type(output).__name__
     raise ConfigError(
         f"method {method!r} needs the number of classes, and it cannot be read from the model's output "
         f"({shape}, expected a (batch, classes) logits tensor); pass num_classes=C to convert()"

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..heads import make_projector, output_dim
 from ..ir import Program
+from ..losses import default_task_loss, logits_of
 from ..objectives import SupConObjective
 from .common import PoolOptions, build_pool
 
@@ -50,6 +51,7 @@ class SupConOptions(PoolOptions):
 
 def attach_supcon(program: Program, options: Any) -> None:
     """Give every stage but the last a projection head and a supervised contrastive loss."""
+    classes = _known_classes(program)
     for spec in program.stages[:-1]:
         pool, example = build_pool(program, spec.index, options)
         projector = make_projector(options.head, output_dim(pool, example), options.head_dims)
@@ -59,4 +61,19 @@ def attach_supcon(program: Program, options: Any) -> None:
             temperature=float(options.temperature),
             variant=options.supcon_variant,
             reduction=options.supcon_reduction,
+            num_classes=classes,
         )
+
+
+def _known_classes(program: Program) -> int | None:
+    """The number of classes when it is given, or when the default cross-entropy reads ``(N, C)`` logits.
+
+    SupCon itself needs no class count; knowing it lets stage 0 reject an out-of-range target before it
+    steps, instead of the last stage failing after the earlier ones have updated.
+    """
+    if program.num_classes is not None:
+        return program.num_classes
+    if program.loss_fn is not default_task_loss:
+        return None
+    logits = logits_of(program.output_value())
+    return int(logits.shape[1]) if logits is not None and logits.dim() == 2 else None

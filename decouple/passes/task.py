@@ -8,12 +8,20 @@ from ..errors import ConfigError
 from ..ir import Program
 from ..losses import default_task_loss, logits_of
 from ..objectives import TaskObjective
+from ..trace import tensor_leaves
 
 __all__ = ["attach_task_loss", "end_to_end"]
 
 
 def attach_task_loss(program: Program, options: Any) -> None:
     """The last stage's objective is ``loss_fn(output, target)`` on exactly what the model returns."""
+    out = program.output_value()
+    if not tensor_leaves(out):
+        raise ConfigError(
+            f"the model returns {'None' if out is None else type(out).__name__ + ' with no tensor in it'}, so the last "
+            "stage has nothing to train on; "
+            "make forward return the logits (or a structure holding them)"
+        )
     if program.loss_fn is default_task_loss:
         out = program.output_value()
         if logits_of(out) is None:
