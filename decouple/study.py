@@ -105,6 +105,7 @@ class Study:
     progress: bool = True
     out: Path = Path("results")
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threads: int | None = None  # torch intra-op threads while the runs train (None: leave torch's setting)
 
     def data(self, seed: int) -> ImageData:
         return image_data(self.dataset, data_root=self.data_root, batch_size=self.batch_size, train_limit=self.train_limit,
@@ -139,6 +140,15 @@ class Study:
 
     def run(self, variants: Sequence[Variant], archs: Sequence[str] | None = None) -> list[RunResult]:
         """Train every variant on every architecture for every seed; one line per finished run."""
+        threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._run(variants, archs)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, variants: Sequence[Variant], archs: Sequence[str] | None) -> list[RunResult]:
         results: list[RunResult] = []
         grid = [(a, s) for a in (archs or self.archs) for s in self.seeds]
         total = len(grid) * len(variants)
@@ -180,7 +190,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def study_from_args(args: argparse.Namespace) -> Study:
-    """Check the shared flags and build the :class:`Study` (sets torch's thread count when --threads is given)."""
+    """Check the shared flags and build the :class:`Study`."""
     _positive(args, "epochs", "seeds", "batch_size", "threads", "train_limit", "test_limit")
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     for arch in archs:
@@ -190,15 +200,13 @@ def study_from_args(args: argparse.Namespace) -> Study:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
     return Study(
         dataset=args.dataset, archs=archs, epochs=args.epochs, seeds=[args.seed + i for i in range(args.seeds)],
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
         schedule=args.schedule, width=args.width, views=args.views, augment=not args.no_augment, device=args.device,
         data_root=args.data_root, download=not args.no_download, train_limit=args.train_limit,
         test_limit=args.test_limit, progress=not args.no_progress, out=Path(args.out),
-        method_options=parse_method_options(args.option),
+        method_options=parse_method_options(args.option), threads=threads,
     )  # fmt: skip
 
 
