@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .experiment import RunResult
 
-__all__ = ["Summary", "summarize", "accuracy_table", "parameter_table", "write_epochs_csv", "write_summary_csv", "plot_curves"]
+__all__ = ["Summary", "summarize", "accuracy_table", "parameter_table", "write_epochs_csv", "read_epochs_csv", "write_summary_csv", "plot_curves"]
 
 BASELINE = "bp"
 
@@ -125,6 +125,20 @@ def write_epochs_csv(results: Sequence[RunResult], path: str | Path) -> Path:
     return path
 
 
+def read_epochs_csv(path: str | Path) -> list[RunResult]:
+    """The runs a :func:`write_epochs_csv` file holds (accuracies and local losses; no times or parameter counts)."""
+    runs: dict[tuple[str, str, str, int], RunResult] = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row["arch"], row["label"], row["method"], int(row["seed"]))
+            run = runs.setdefault(key, RunResult(arch=key[0], method=key[2], seed=key[3], label=key[1]))
+            run.test_accuracy.append(float(row["test_accuracy"]))
+            run.train_accuracy.append(float(row["train_accuracy"]) if row["train_accuracy"] else None)
+            pairs = [item.split("=") for item in row["local_losses"].split(";") if item]
+            run.losses.append({k: float(v) for k, v in pairs})
+    return list(runs.values())
+
+
 def write_summary_csv(results: Sequence[RunResult], path: str | Path) -> Path:
     """One row per (arch, label): mean and std of the final test accuracy, seeds, training seconds, parameters."""
     path = Path(path)
@@ -147,6 +161,7 @@ def plot_curves(results: Sequence[RunResult], path: str | Path, *, title: str = 
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:  # pragma: no cover - matplotlib is an optional dependency
         raise ConfigError("plots need matplotlib: pip install 'torch-decouple[plot]'") from exc
     summaries = summarize(results)
@@ -160,6 +175,7 @@ def plot_curves(results: Sequence[RunResult], path: str | Path, *, title: str = 
                     _draw_curve(ax, summaries[(label, arch)], label)
             ax.set_title((titles or {}).get(arch, arch))
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")

@@ -15,7 +15,7 @@ import torch
 
 import decouple
 from conftest import assert_gradient_isolation
-from decouple.curves import accuracy_table, parameter_table, plot_curves, write_epochs_csv
+from decouple.curves import accuracy_table, parameter_table, plot_curves, read_epochs_csv, write_epochs_csv
 from decouple.errors import ConfigError
 from decouple.experiment import RunResult, evaluate, train_and_evaluate
 from decouple.imagedata import image_data
@@ -148,6 +148,9 @@ def test_run_on_real_data_writes_csv_and_figure(tmp_path: Path) -> None:
     rows = read_csv(write_epochs_csv([result], tmp_path / "epochs.csv"))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["test_accuracy"] == f"{result.final:.4f}"
     assert "stage0=" in rows[0]["local_losses"]
+    (again,) = read_epochs_csv(tmp_path / "epochs.csv")
+    assert again.test_accuracy == pytest.approx(result.test_accuracy, abs=1e-4) and again.label == "scl"
+    assert again.losses[1] == pytest.approx(result.losses[1], abs=1e-4)
     png = plot_curves([result], tmp_path / "curves.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "convnet training" in parameter_table([result]).splitlines()[0]
