@@ -162,7 +162,7 @@ class Study:
                 options = {**self.method_options.get(variant.method, {}), **variant.options}
                 print(f"[{len(results) + 1}/{total}] {spec.title} · {variant.label} · seed {seed}", flush=True)
                 result, _ = train_and_evaluate(
-                    model, variant.method, spec.splits_for(), self.loader(data, seed), data.test, epochs=self.epochs,
+                    model, variant.method, spec.splits_for(method=variant.method), self.loader(data, seed), data.test, epochs=self.epochs,
                     example=data.example, arch=arch, seed=seed, lr=self.lr, weight_decay=self.weight_decay,
                     optimizer=self.optimizer, schedule=self.schedule, devices=self.device, options=options,
                     progress=self.progress, label=variant.label, fit=variant.fit,

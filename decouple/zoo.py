@@ -116,12 +116,17 @@ class ResNet18(nn.Module):
 
 @dataclass(frozen=True)
 class Architecture:
-    """A model family: its builder, the split points in forward order, and its width at paper scale."""
+    """A model family: its builder, the split points in forward order, and its width at paper scale.
+
+    ``blocks`` are every block before ``classifier``; associated learning cuts after all of them,
+    so the part it replaces by its decoders is the classifier alone and it trains every block.
+    """
 
     name: str
     title: str
     builder: Callable[..., nn.Module]
     splits: tuple[str, ...]
+    blocks: tuple[str, ...]
     small_width: int
     paper_width: int
 
@@ -129,22 +134,28 @@ class Architecture:
         """The model for ``(N, in_channels, image_size, image_size)`` images (``width`` defaults to the small one)."""
         return self.builder(in_channels, num_classes, image_size, width or self.small_width)
 
-    def splits_for(self, stages: int | None = None) -> list[str]:
-        """The split points for ``stages`` stages (default: every split point, one stage per block)."""
+    def splits_for(self, stages: int | None = None, method: str = "scl") -> list[str]:
+        """The split points for ``stages`` stages (default: every split point, one stage per block).
+
+        For ``method="al"`` the points are :attr:`blocks` (its stages are the encoders; the
+        classifier after the last point is replaced).
+        """
+        points = self.blocks if method == "al" else self.splits
+        most = len(points) + (0 if method == "al" else 1)
         if stages is None:
-            return list(self.splits)
-        if isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= len(self.splits) + 1:
-            raise ConfigError(f"{self.title} splits into 2 to {len(self.splits) + 1} stages, got {stages!r}")
-        return list(self.splits[: stages - 1])
+            return list(points)
+        if isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= most:
+            raise ConfigError(f"{self.title} splits into 2 to {most} stages for method {method!r}, got {stages!r}")
+        return list(points[: stages if method == "al" else stages - 1])
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        Architecture("demo", "demo CNN", DemoCNN, ("block1",), 32, 64),
-        Architecture("convnet", "Vanilla ConvNet", ConvNet, ("block1", "block2", "block3"), 16, 128),
-        Architecture("vgg", "VGG", VGG, ("block1", "block2", "block3"), 16, 64),
-        Architecture("resnet18", "ResNet-18", ResNet18, ("layer1", "layer2", "layer3"), 8, 64),
+        Architecture("demo", "demo CNN", DemoCNN, ("block1",), ("block1", "block2"), 32, 64),
+        Architecture("convnet", "Vanilla ConvNet", ConvNet, ("block1", "block2", "block3"), ("block1", "block2", "block3"), 16, 128),
+        Architecture("vgg", "VGG", VGG, ("block1", "block2", "block3"), ("block1", "block2", "block3", "block4"), 16, 64),
+        Architecture("resnet18", "ResNet-18", ResNet18, ("layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3", "layer4"), 8, 64),
     )
 }
 

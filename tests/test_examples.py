@@ -53,6 +53,10 @@ def test_every_architecture_splits_into_isolated_stages(name: str, channels: int
     assert dm.num_stages == len(arch.splits) + 1
     assert_gradient_isolation(dm, x, target=y)
     assert arch.splits_for(2) == list(arch.splits[:1])
+    if "al" in decouple.METHODS:  # associated learning trains every block and replaces the classifier alone
+        al = decouple.convert(model, "al", arch.splits_for(method="al"), example_inputs=(x,), num_classes=7)
+        dropped = al.param_counts().dropped
+        assert dropped == sum(p.numel() for p in model.classifier.parameters())
 
 
 def test_architecture_errors_name_the_fix() -> None:
@@ -60,6 +64,8 @@ def test_architecture_errors_name_the_fix() -> None:
         get_architecture("vgg11")
     with pytest.raises(ConfigError, match="2 to 4 stages"):
         get_architecture("convnet").splits_for(9)
+    with pytest.raises(ConfigError, match="2 to 3 stages for method 'al'"):
+        get_architecture("convnet").splits_for(4, method="al")
     with pytest.raises(ConfigError, match="at least 16 pixels"):
         get_architecture("vgg").build(3, 10, 8)
 
