@@ -281,6 +281,8 @@ register_command(Command("export", "write the inference module and every stage a
                          "Convert MODEL and write inference.py, stage{k}.py and stage{k}_heads.py with .pt weights to --out: "
                          "readable Python that needs only torch (no decouple)."))  # fmt: skip
 
+from . import demo as _demo  # noqa: E402,F401  (registers "demo"; decouple/demo.py imports this module)
+
 
 # ---------------------------------------------------------------------------------------------
 # Entry point

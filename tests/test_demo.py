@@ -1,0 +1,91 @@
+"""``decouple demo``: runs in-process on a tiny configuration and prints both accuracies and the parameter table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import decouple
+from decouple import cli
+from decouple.demo import DemoConfig, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--train-limit", "256", "--test-limit", "100", "--batch-size", "64", "--no-progress"]
+
+
+def test_demo_prints_progress_accuracies_and_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    assert cli.main(["demo", *TINY]) == 0
+    assert torch.get_num_threads() == threads, "the demo restores torch's thread count"
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("decouple demo: DemoCNN (") and "256 train / 100 test images" in lines[0]
+    assert "2 stages (splits block1)" in lines[1] and "1 epoch," in lines[1]
+    assert any(line.startswith("[1/2] scl (pipelined") for line in lines)
+    assert any(line.startswith("[2/2] bp (end to end") and "same initial weights, same batches" in line for line in lines)
+    assert len(re.findall(r"^  epoch 1: test accuracy \d+\.\d\d%$", out, flags=re.M)) == 2
+    assert "test accuracy on 100 MNIST test images after 1 epoch:" in out
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (scl|bp)\s+(\d+\.\d\d)%\s+\d+\.\d s$", out, flags=re.M)}
+    assert set(rows) == {"scl", "bp"} and all(0.0 <= v <= 100.0 for v in rows.values())
+    diff = re.search(r"^  scl - bp: ([+-]\d+\.\d\d) points$", out, flags=re.M)
+    assert diff is not None and float(diff.group(1)) == pytest.approx(rows["scl"] - rows["bp"], abs=0.011)
+    assert "parameters of the scl model (training vs inference):" in out
+    totals = re.search(r"method scl: training ([\d,]+) \| inference ([\d,]+) \| original model ([\d,]+)", out)
+    assert totals is not None
+    training, inference, original = (int(g.replace(",", "")) for g in totals.groups())
+    assert inference == original < training  # the heads train, they are not kept
+
+
+def test_demo_results_match_the_printed_model(capsys: pytest.CaptureFixture[str]) -> None:
+    results = run_demo(DemoConfig(epochs=1, train_limit=128, test_limit=50, batch_size=64, progress=False, stages=3))
+    out = capsys.readouterr().out
+    assert [r.method for r in results] == ["scl", "bp"]
+    scl = results[0].params
+    assert scl is not None and len(scl.stages) == 3
+    assert "3 stages (splits block1, block2)" in out
+    assert f"{100 * results[0].final:.2f}%" in out and f"{100 * results[1].final:.2f}%" in out
+
+
+def test_demo_is_deterministic_and_bp_alone_runs_once(capsys: pytest.CaptureFixture[str]) -> None:
+    config = DemoConfig(method="bp", epochs=1, train_limit=128, test_limit=50, batch_size=32, progress=False, augment=True)
+    first, second = run_demo(config), run_demo(config)
+    assert len(first) == 1 and first[0].method == "bp"
+    assert first[0].test_accuracy == second[0].test_accuracy
+    assert first[0].losses == second[0].losses
+    assert "[1/1] bp" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["al", "early_exit"])
+def test_demo_runs_other_methods(method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if method not in decouple.METHODS:
+        pytest.skip(f"method {method!r} is not registered yet")
+    assert cli.main(["demo", "--method", method, *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters of the {method} model" in out and f"{method} - bp:" in out
+
+
+def test_bad_demo_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--stages", "5", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--stages must be 2 to 3, got 5" in err and "vision_compare.py" in err
+    assert cli.main(["demo", "--method", "sgd", *TINY]) == 2
+    assert "unknown method 'sgd'" in capsys.readouterr().err
+    assert cli.main(["demo", "--epochs", "0", *TINY[2:]]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_python_m_decouple_demo_help() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "decouple", "demo", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--method", "--epochs", "--stages", "--seed", "--batch-size"):
+        assert flag in result.stdout
+    assert "--train-limit" not in result.stdout  # a testing flag, hidden
+    listing = subprocess.run([sys.executable, "-m", "decouple", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert "demo" in listing.stdout
