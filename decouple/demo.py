@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .experiment import RunResult, train_and_evaluate
 from .imagedata import image_data
 from .passes import METHODS
-from .zoo import DemoCNN
+from .models import DemoCNN
 
 __all__ = ["DemoConfig", "run_demo", "add_demo_arguments", "main"]
 

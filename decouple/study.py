@@ -22,7 +22,7 @@ from .cli import parse_options
 from .errors import ConfigError, DecoupleError
 from .experiment import SCHEDULES, FitFunction, RunResult, train_and_evaluate
 from .imagedata import DATASETS, ImageData, image_data
-from .zoo import ARCHITECTURES, get_architecture
+from .models import ARCHITECTURES, get_architecture
 
 __all__ = ["Variant", "Study", "add_study_arguments", "study_from_args", "parse_method_options", "run_script"]
 

@@ -38,7 +38,7 @@ from decouple.passes.scl import SupConOptions, attach_supcon
 from decouple.passes.task import attach_task_loss
 from decouple.runtime.stats import RunStats, batch_size
 from decouple.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.zoo import ARCHITECTURES
+from decouple.models import ARCHITECTURES
 
 #: scl's heads and losses without ``detach_boundaries``: every local loss reaches the stages before it
 JOINT = register_method(Method("scl_no_detach", (attach_supcon, attach_task_loss), SupConOptions,

@@ -23,7 +23,7 @@ from decouple.curves import accuracy_table, parameter_table, plot_curves, write_
 from decouple.errors import ConfigError
 from decouple.passes import METHODS
 from decouple.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.zoo import ARCHITECTURES
+from decouple.models import ARCHITECTURES
 
 METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order
 #: AL as the released code trains it (cross-entropy on h_1) with g_i trained by its autoencoder only:

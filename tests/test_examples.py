@@ -19,7 +19,7 @@ from decouple.curves import accuracy_table, parameter_table, plot_curves, read_e
 from decouple.errors import ConfigError
 from decouple.experiment import RunResult, evaluate, train_and_evaluate
 from decouple.imagedata import image_data
-from decouple.zoo import ARCHITECTURES, get_architecture
+from decouple.models import ARCHITECTURES, get_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--train-limit", "96", "--test-limit", "64", "--batch-size", "32", "--no-progress"]
