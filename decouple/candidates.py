@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, SplitError
-from .partition import GraphView, _parameters_read, _representation_of, module_calls
+from .graph import GraphView, module_calls, parameters_read
+from .partition import _representation_of
 from .trace import Trace
 
 __all__ = ["Candidate", "candidate_splits", "node_costs", "balanced_splits", "CostKind"]
@@ -52,7 +53,7 @@ def node_costs(tr: Trace, root: nn.Module, kind: CostKind = "flops") -> list[flo
     costs = []
     for n in nodes:
         total = 0
-        for _, p in _parameters_read(n, root):
+        for _, p in parameters_read(n, root):
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .api import DecoupledModel
+from .decoupled import DecoupledModel
 from .errors import ConfigError, InputError
 from .launch import launch
 from .runtime.distributed import FailureBoard, StageLog, StageRunner, StepRecord, explain_link_error

@@ -18,7 +18,7 @@ from .runtime.stats import RunStats, StageMeter, batch_size, correct_predictions
 if TYPE_CHECKING:
     from tqdm import tqdm as Bar
 
-    from .api import DecoupledModel
+    from .decoupled import DecoupledModel
     from .runtime.pipeline import Pipeline
 
 __all__ = ["fit", "unpack_batch", "TARGET_KEYS"]

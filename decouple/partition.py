@@ -18,15 +18,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import networkx as nx
-import torch
 import torch.fx as fx
 from torch import nn
 
 from .errors import SplitError, TiedParameterError, close_matches
+from .graph import GraphView, ModuleCall, module_calls, parameters_read
 from .trace import Trace, tensor_leaves
+
+_COMPUTE_OPS = ("call_module", "call_function", "call_method")
 
 __all__ = [
     "SplitPoint",
@@ -38,21 +38,6 @@ __all__ = [
     "resolve_splits",
     "partition",
 ]
-
-_COMPUTE_OPS = ("call_module", "call_function", "call_method")
-
-
-@dataclass(frozen=True)
-class ModuleCall:
-    """One call of a module in the graph: the positions of the nodes it ran."""
-
-    key: str  # "layer1", or "block@1" for the second call of "block"
-    qualname: str
-    positions: tuple[int, ...]
-
-    @property
-    def last(self) -> int:
-        return max(self.positions)
 
 
 @dataclass(frozen=True)
@@ -123,121 +108,6 @@ class Partition:
         for s in self.stages:
             lines.append(f"  {s!r}")
         return "\n".join(lines)
-
-
-class GraphView:
-    """A networkx view of an fx graph: one vertex per node name, one edge per def-use."""
-
-    def __init__(self, graph: fx.Graph) -> None:
-        self.graph = graph
-        self.nodes = list(graph.nodes)
-        self.position = {n.name: i for i, n in enumerate(self.nodes)}
-        self.by_name = {n.name: n for n in self.nodes}
-        self.digraph = nx.DiGraph()
-        self.digraph.add_nodes_from(n.name for n in self.nodes)
-        self.digraph.add_edges_from((n.name, u.name) for n in self.nodes for u in n.users)
-
-    def input_dependent(self) -> set[str]:
-        """Nodes whose value depends on a graph input (placeholder)."""
-        seen: set[str] = set()
-        for n in self.nodes:
-            if n.op == "placeholder":
-                seen.add(n.name)
-                seen |= nx.descendants(self.digraph, n.name)
-        return seen
-
-    def ancestors(self, name: str) -> set[str]:
-        return nx.ancestors(self.digraph, name)
-
-    def crossing(self, stage_of: dict[str, int], k: int) -> list[str]:
-        """Values defined in stages ``<= k`` and read by stages ``> k``, in graph order."""
-        out = {
-            u
-            for u, v in self.digraph.edges
-            if self.by_name[u].op != "get_attr" and stage_of[u] <= k < stage_of[v]
-        }
-        return sorted(out, key=self.position.__getitem__)
-
-    def side_values(self) -> set[str]:
-        """Values that are not activations: sizes and devices, and what is computed without parameters
-        from inputs that hold no floating-point tensor.
-
-        Attention masks (even a float additive one built from an integer mask), position ids and
-        shapes: carried to the stages that read them, without gradient, so they do not make a cut
-        point "skip" anything.
-        """
-        side: set[str] = set()
-        for n in self.nodes:
-            if n.op in ("get_attr", "call_module", "output"):
-                continue
-            value = n.meta.get("val", _UNKNOWN)
-            if n.op == "placeholder":
-                if not _holds_float(value):
-                    side.add(n.name)
-            elif value is not _UNKNOWN and not tensor_leaves(value):
-                side.add(n.name)  # shapes, sizes, ``x.device``: metadata of a value, not data flowing on
-            elif n.all_input_nodes and all(a.name in side or a.op == "get_attr" and not _is_parameter_like(a) for a in n.all_input_nodes):
-                side.add(n.name)
-        return side
-
-    def output_dominators(self) -> list[str]:
-        """Nodes every path from the inputs to the output passes through, in graph order.
-
-        These are the single-value cut points of the dataflow graph; side values (masks, position
-        ids, shapes: see :meth:`side_values`) may cross beside them.
-        """
-        source = "__decouple_source__"
-        g = self.digraph.subgraph(self.input_dependent() - self.side_values()).copy()
-        entries = [n for n in g if g.in_degree(n) == 0]
-        g.add_node(source)
-        g.add_edges_from((source, n) for n in entries)
-        output = next(n.name for n in reversed(self.nodes) if n.op == "output")
-        if output not in g:
-            return []
-        idom = nx.immediate_dominators(g, source)
-        chain = []
-        v = idom.get(output)
-        while v is not None and v != source:
-            chain.append(v)
-            nxt = idom.get(v)
-            if nxt == v:
-                break
-            v = nxt
-        return sorted(chain, key=self.position.__getitem__)
-
-
-_UNKNOWN = object()
-
-
-def _holds_float(value: Any) -> bool:
-    """Whether a node's example value holds a floating-point tensor (unknown values count as float)."""
-    if value is _UNKNOWN:
-        return True
-    return any(t.is_floating_point() or t.is_complex() for t in tensor_leaves(value))
-
-
-def _is_parameter_like(node: fx.Node) -> bool:
-    """A ``get_attr`` that may read a parameter: anything but an integer or boolean tensor constant."""
-    return _holds_float(node.meta.get("val", _UNKNOWN))
-
-
-def module_calls(graph: fx.Graph) -> dict[str, list[ModuleCall]]:
-    """Every module call in the graph, grouped by module qualified name."""
-    positions: dict[str, list[int]] = {}
-    qualname_of: dict[str, str] = {}
-    for i, node in enumerate(graph.nodes):
-        for key, value in (node.meta.get("nn_module_stack") or {}).items():
-            qualname = value[0] if isinstance(value, tuple) else str(value)
-            if not qualname:
-                continue
-            positions.setdefault(key, []).append(i)
-            qualname_of[key] = qualname
-    calls: dict[str, list[ModuleCall]] = {}
-    for key, pos in positions.items():
-        calls.setdefault(qualname_of[key], []).append(ModuleCall(key, qualname_of[key], tuple(pos)))
-    for qualname in calls:
-        calls[qualname].sort(key=lambda c: c.last)
-    return calls
 
 
 def resolve_splits(tr: Trace, specs: Sequence[str], root: nn.Module | None = None) -> list[SplitPoint]:
@@ -451,27 +321,6 @@ def _verify_representations(p: Partition, view: GraphView) -> None:
             )
 
 
-def _parameters_read(node: fx.Node, root: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters a node reads directly: those of a called module, or a ``get_attr`` parameter."""
-    if node.op == "call_module":
-        module = root.get_submodule(node.target)
-        return [(f"{node.target}.{n}", p) for n, p in module.named_parameters()]
-    if node.op == "get_attr":
-        value = _get_attr(root, node.target)
-        if isinstance(value, nn.Parameter):
-            return [(node.target, value)]
-        if isinstance(value, nn.Module):
-            return [(f"{node.target}.{n}", p) for n, p in value.named_parameters()]
-    return []
-
-
-def _get_attr(root: nn.Module, target: str) -> Any:
-    obj: Any = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _readers(view: GraphView, x: str, plan: StagePlan) -> list[str]:
     """The nodes of ``plan`` that read a parameter through node ``x``: ``x`` itself, or a get_attr's users."""
     node = view.by_name[x]
@@ -487,7 +336,7 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
     names: dict[int, list[str]] = {}
     for plan in p.stages:
         for x in plan.nodes:
-            for pname, param in _parameters_read(view.by_name[x], root):
+            for pname, param in parameters_read(view.by_name[x], root):
                 users.setdefault(id(param), {}).setdefault(plan.index, []).extend(_readers(view, x, plan))
                 names.setdefault(id(param), [])
                 if pname not in names[id(param)]:
@@ -508,7 +357,7 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
                 f"`model.{aliases[-1]} = nn.Parameter(model.{aliases[-1]}.detach().clone())`"
             )
     param_nodes = {
-        n.name for n in view.nodes if n.op in ("get_attr", "call_module") and _parameters_read(n, root)
+        n.name for n in view.nodes if n.op in ("get_attr", "call_module") and parameters_read(n, root)
     }
     for k, crossing in enumerate(p.boundaries):
         for x in crossing:

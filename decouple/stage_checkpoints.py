@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .api import DecoupledModel
+from .decoupled import DecoupledModel
 from .errors import DecoupleError
 from .stage import Stage
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from decouple.api import DecoupledModel
+from decouple.decoupled import DecoupledModel
 from decouple.curves import accuracy_table, plot_curves, write_epochs_csv, write_summary_csv
 from decouple.fit import unpack_batch
 from decouple.passes import Method, register_method
