@@ -25,7 +25,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .candidates import candidate_splits
+from .candidates import candidates_for_stages
 from .errors import ConfigError, SplitError
 from .ir import Program, StageSpec
 from .losses import logits_of
@@ -130,15 +130,7 @@ def balance_splits(
     kwargs: dict[str, Any],
 ) -> Balance:
     """Pick ``num_stages - 1`` candidate splits that balance training cost, local heads included."""
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 2:
-        raise ConfigError(f"splits={num_stages!r}: an int asks for that many stages and must be at least 2")
-    candidates = candidate_splits(tr, root)
-    if len(candidates) < num_stages - 1:
-        raise SplitError(
-            f"splits={num_stages} needs {num_stages - 1} split points but the model has only {len(candidates)} "
-            f"places where a single tensor crosses ({', '.join(c.name for c in candidates) or 'none'}); ask for fewer "
-            "stages or give module names explicitly"
-        )
+    candidates = candidates_for_stages(tr, root, num_stages)
     names = [c.name for c in candidates]
     device = next((p.device for p in root.parameters()), torch.device("cpu"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _preserved(root):

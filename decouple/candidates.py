@@ -11,7 +11,7 @@ are never candidates; block boundaries are. Costs come from shape propagation: F
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .graph import GraphView, module_calls, parameters_read
 from .partition import _representation_of
 from .trace import Trace
 
-__all__ = ["Candidate", "candidate_splits", "node_costs", "balanced_splits", "CostKind"]
+__all__ = ["Candidate", "candidate_splits", "candidates_for_stages", "node_costs", "balanced_splits", "CostKind"]
 
 CostKind = Literal["flops", "params"]
 
@@ -106,8 +106,8 @@ def candidate_splits(tr: Trace, root: nn.Module) -> list[Candidate]:
     return result
 
 
-def balanced_splits(tr: Trace, root: nn.Module, num_stages: int, *, cost: CostKind = "flops") -> list[str]:
-    """Choose ``num_stages - 1`` candidates that minimise the most expensive stage's cost."""
+def candidates_for_stages(tr: Trace, root: nn.Module, num_stages: Any) -> list[Candidate]:
+    """The candidate split points, checked to be enough for ``splits=num_stages`` (an int >= 2)."""
     if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 2:
         raise ConfigError(f"splits={num_stages!r}: an int asks for that many stages and must be at least 2")
     candidates = candidate_splits(tr, root)
@@ -117,6 +117,12 @@ def balanced_splits(tr: Trace, root: nn.Module, num_stages: int, *, cost: CostKi
             f"places where a single tensor crosses ({', '.join(c.name for c in candidates) or 'none'}); ask for fewer "
             "stages or give module names explicitly"
         )
+    return candidates
+
+
+def balanced_splits(tr: Trace, root: nn.Module, num_stages: int, *, cost: CostKind = "flops") -> list[str]:
+    """Choose ``num_stages - 1`` candidates that minimise the most expensive stage's cost."""
+    candidates = candidates_for_stages(tr, root, num_stages)
     costs = node_costs(tr, root, cost)
     prefix = [0.0]
     for c in costs:
