@@ -4,8 +4,9 @@
 
 The deep MLP of ``deep_mlp.py`` (shared with the pipeline benchmark), cut into 2 equal stages,
 trained with SCL on batches of 256 bundled MNIST images. Measured side by side in one run:
-``dm.train_step`` in this process with 1 and with 2 intra-op threads, and 2 ranks started by
-``decouple.distributed.launch`` with 1 thread each (training time inside the ranks, after a
+``dm.train_step`` in this process with 1 and with 2 intra-op threads, the threaded 2-stage
+pipeline (``dm.pipeline()``, one thread per stage, 1 intra-op thread each), and 2 ranks started
+by ``decouple.distributed.launch`` with 1 thread each (training time inside the ranks, after a
 warm-up; start-up is reported apart). Prints samples per second and the ratios.
 """
 
@@ -37,6 +38,26 @@ def sequential_seconds(args: argparse.Namespace, threads: int) -> float:
         torch.set_num_threads(before)
 
 
+def pipeline_seconds(args: argparse.Namespace) -> float:
+    """Seconds the threaded pipeline (one thread per stage, 1 intra-op thread) takes, fill and drain included."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dm = convert_deep_mlp(2, width=args.width, depth=args.depth)
+        data = mnist_batches(args.warmup + args.batches)
+        with dm.pipeline() as pipe:
+            for x, y in data[: args.warmup]:
+                pipe.submit(x, target=y)
+            pipe.drain()
+            start = time.perf_counter()
+            for x, y in data[args.warmup :]:
+                pipe.submit(x, target=y)
+            pipe.drain()
+            return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+
+
 def rank_seconds(width: int, depth: int, warmup: int, batches: int) -> float:
     """In each rank: the slowest rank's training time for ``batches`` batches after a warm-up fit."""
     trainer = StageTrainer(convert_deep_mlp(2, width=width, depth=depth))
@@ -55,6 +76,7 @@ def main() -> None:
 
     samples = args.batches * BATCH_SIZE
     rows = {f"sequential, {t} thread{'s' if t > 1 else ''}": sequential_seconds(args, t) for t in (1, 2)}
+    rows["threaded pipeline, 1 thread/stage"] = pipeline_seconds(args)
     start = time.perf_counter()
     seconds = launch(rank_seconds, 2, args.width, args.depth, args.warmup, args.batches, threads=1)
     wall = time.perf_counter() - start
@@ -64,7 +86,9 @@ def main() -> None:
     base = rows["sequential, 1 thread"]
     for name, secs in rows.items():
         print(f"  {name:32s} {samples / secs:9.1f} samples/s   x{base / secs:.2f} vs sequential 1 thread")
-    print(f"  2 ranks vs sequential 2 threads: x{rows['sequential, 2 threads'] / rows['2 ranks (gloo), 1 thread each']:.2f}")
+    ranks = rows["2 ranks (gloo), 1 thread each"]
+    print(f"  2 ranks vs sequential 2 threads: x{rows['sequential, 2 threads'] / ranks:.2f}")
+    print(f"  2 ranks vs threaded pipeline: x{rows['threaded pipeline, 1 thread/stage'] / ranks:.2f}")
     print(f"  (launch wall time including process start-up and warm-up: {wall:.1f}s)")
 
 
