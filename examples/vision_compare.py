@@ -11,7 +11,7 @@ accuracy_per_epoch.csv, summary.csv, accuracy_vs_epoch.png (test accuracy per ep
 method, the papers' figure) and config.json. Every method of one (architecture, seed) starts
 from the same initial weights and sees the same batches. AL runs with first_loss=ce,
 target_grad=False and a bridge with a 1024-wide hidden layer unless --option al:KEY=VALUE says
-otherwise (see DEFAULT_OPTIONS).
+otherwise (decouple.experiment.RECIPES).
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ from collections.abc import Sequence
 
 from decouple.curves import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
 from decouple.errors import ConfigError
+from decouple.experiment import RECIPES
 from decouple.passes import METHODS
 from decouple.study import Variant, add_study_arguments, run_script, study_from_args
 from decouple.models import ARCHITECTURES
 
 METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order
-#: AL as the released code trains it (cross-entropy on h_1), g_i trained by its autoencoder only, and
-#: the 2021 paper's nonlinear bridge (a hidden layer; the paper's top bridge has 5120 units). On the
-#: ConvNet, 3 epochs, seed 0: these with target_grad=True 90.3%, without the hidden layer 95.3%, as set 97.9%
-#: (benchmarks/RESULTS.md). --option al:KEY=VALUE overrides them.
-DEFAULT_OPTIONS = {"al": {"first_loss": "ce", "target_grad": False, "bridge_width": 1024}}
+DEFAULT_OPTIONS = RECIPES  # --option al:KEY=VALUE overrides them
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
