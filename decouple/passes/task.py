@@ -22,14 +22,12 @@ def attach_task_loss(program: Program, options: Any) -> None:
             "stage has nothing to train on; "
             "make forward return the logits (or a structure holding them)"
         )
-    if program.loss_fn is default_task_loss:
-        out = program.output_value()
-        if logits_of(out) is None:
-            raise ConfigError(
-                f"the model returns {type(out).__name__}, neither a logits tensor nor an output with a `logits` "
-                "field, so the default cross-entropy task loss does not apply; pass loss_fn=lambda output, target: "
-                "... to convert() (it is called with exactly what the model returns)"
-            )
+    if program.loss_fn is default_task_loss and logits_of(out) is None:
+        raise ConfigError(
+            f"the model returns {type(out).__name__}, neither a logits tensor nor an output with a `logits` "
+            "field, so the default cross-entropy task loss does not apply; pass loss_fn=lambda output, target: "
+            "... to convert() (it is called with exactly what the model returns)"
+        )
     program.stages[-1].objective = TaskObjective(program.loss_fn)
 
 
