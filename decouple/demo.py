@@ -19,7 +19,7 @@ import torch
 from .augment import Augmented
 from .cli import Command, register_command
 from .errors import ConfigError
-from .experiment import RECIPES, RunResult, train_and_evaluate
+from .experiment import RECIPES, RunResult, torch_threads, train_and_evaluate
 from .imagedata import image_data
 from .passes import METHODS
 from .models import DemoCNN
@@ -101,9 +101,7 @@ def _summary(results: Sequence[RunResult], config: DemoConfig, test_size: int) -
 def run_demo(config: DemoConfig) -> list[RunResult]:
     """Train ``config.method`` and the ``bp`` baseline on the demo CNN; print progress, accuracies and parameters."""
     config.check()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         data = image_data("mnist", batch_size=config.batch_size, train_limit=config.train_limit, test_limit=config.test_limit)
         torch.manual_seed(config.seed)
         model = DemoCNN(data.channels, data.num_classes, data.size)  # one initial model for every method
@@ -124,8 +122,6 @@ def run_demo(config: DemoConfig) -> list[RunResult]:
         print(f"\nparameters of the {config.method} model (training vs inference):")
         print(first)
         return results
-    finally:
-        torch.set_num_threads(threads)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

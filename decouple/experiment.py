@@ -9,7 +9,8 @@ inference module, without local heads) after each epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from .errors import ConfigError
 from .report import ParamCounts
 from .runtime.stats import RunStats
 
-__all__ = ["RunResult", "FitFunction", "evaluate", "optimizer_factory", "train_and_evaluate", "SCHEDULES", "RECIPES"]
+__all__ = ["RunResult", "FitFunction", "evaluate", "optimizer_factory", "train_and_evaluate", "SCHEDULES", "RECIPES", "torch_threads"]
 
 SCHEDULES = ("cosine", "constant")
 
@@ -59,6 +60,18 @@ class RunResult:
         if not self.test_accuracy:
             raise ConfigError(f"run {self.method} on {self.arch} has no epoch yet")
         return self.test_accuracy[-1]
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (``None``: as they are), then restore the count."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def evaluate(module: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Any], device: str | torch.device = "cpu") -> float:

@@ -20,7 +20,7 @@ import torch
 from .augment import Augmented, TwoViews
 from .cli import parse_options
 from .errors import ConfigError, DecoupleError
-from .experiment import SCHEDULES, FitFunction, RunResult, train_and_evaluate
+from .experiment import SCHEDULES, FitFunction, RunResult, torch_threads, train_and_evaluate
 from .imagedata import DATASETS, ImageData, image_data
 from .models import ARCHITECTURES, get_architecture
 
@@ -140,13 +140,8 @@ class Study:
 
     def run(self, variants: Sequence[Variant], archs: Sequence[str] | None = None) -> list[RunResult]:
         """Train every variant on every architecture for every seed; one line per finished run."""
-        threads = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self._run(variants, archs)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, variants: Sequence[Variant], archs: Sequence[str] | None) -> list[RunResult]:
         results: list[RunResult] = []

@@ -8,9 +8,16 @@ import sys
 import pytest
 import torch
 
+from decouple.experiment import torch_threads
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def one_thread():
+    """One intra-op thread, so float sums run in one order and results compare bit for bit."""
+    return torch_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ per group). Every comparison runs with one intra-op thread, so equal means bit-i
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import itertools
 import os
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import one_thread
 from models import MLP, ResCNN
 
 import decouple
@@ -56,16 +56,6 @@ def batches(n: int = 5, size: int = 8, last: int = 5, seed: int = 1) -> list[tup
     g = torch.Generator().manual_seed(seed)
     sizes = [size] * (n - 1) + [last]
     return [(torch.randn(s, 8, generator=g), torch.arange(s) % 4) for s in sizes]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def sequential(dm: decouple.DecoupledModel, data: list[Any], epochs: int = 1) -> decouple.DecoupledModel:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,23 +11,13 @@ import torch
 import torch.utils._pytree as pytree
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import one_thread
 from models import MLP, ResCNN
 
 import decouple
 from decouple.runtime.schedule import clock_cycles, dependencies, ideal_ticks, schedule_violations
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread, so float sums run in one order and results compare bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _cnn(method: str = "scl", seed: int = 0, **kw: Any) -> decouple.DecoupledModel:

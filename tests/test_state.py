@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from conftest import one_thread
 from models import ResCNN
 
 import decouple
@@ -153,9 +154,7 @@ def test_pipelined_resume_is_bit_identical(method: str) -> None:
     sequential one, bit for bit (parameters, buffers, optimizer states, step count).
     """
     data = _batches(6)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         straight = _convert_method(method)
         _pipelined(straight, data)
         sequential = _convert_method(method)
@@ -171,8 +170,6 @@ def test_pipelined_resume_is_bit_identical(method: str) -> None:
         resumed.load_state_dict(torch.load(buffer, weights_only=True))
         assert resumed.steps == 3
         _pipelined(resumed, data[3:])
-    finally:
-        torch.set_num_threads(before)
     assert resumed.steps == straight.steps == 6
     for reference in (straight, sequential):
         left, right = pytree_leaves(reference.state_dict()), pytree_leaves(resumed.state_dict())
