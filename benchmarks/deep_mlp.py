@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import decouple
-from decouple.datasets import MNIST_MEAN, MNIST_STD, load_mnist
+from decouple.experiments.datasets import MNIST_MEAN, MNIST_STD, load_mnist
 
 __all__ = ["DeepMLP", "convert_deep_mlp", "mnist_batches", "BATCH_SIZE"]
 

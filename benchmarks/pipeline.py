@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import decouple
-from decouple.runtime.sequential import move
+from decouple.tree import move_tree as move
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -118,7 +118,7 @@ class StageAlone:
         out = []
         with torch.no_grad():
             for x, y in batches:
-                message = self.dm._message((x,), {})
+                message = self.dm.bind((x,), {})
                 for stage in list(self.dm.stages)[: self.k]:
                     message, _ = stage(move(message, stage.device))
                 out.append((message, y))

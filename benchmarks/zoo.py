@@ -211,7 +211,7 @@ def _pipeline(dm: Any, x: torch.Tensor, y: torch.Tensor) -> str | None:
 
 def check_method(case: ModelCase, method: str, model: torch.nn.Module | None = None) -> Row:
     """Convert ``case``'s model with ``method`` and run every check; failures are recorded, not raised."""
-    from decouple.candidates import candidate_splits
+    from decouple.compiler.candidates import candidate_splits
 
     start = time.perf_counter()
     torch.manual_seed(0)

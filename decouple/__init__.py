@@ -4,9 +4,17 @@
                           example_inputs=(torch.randn(2, 3, 32, 32),))
     dm.train_step(x, target=y)
     model.load_state_dict(dm.effective_state_dict())
+
+The package is layered the way data flows through the compiler: ``frontend`` (tracing) <
+``compiler`` (graph views, partition, cuts, the program IR) < ``objectives`` and ``passes`` <
+``codegen`` < ``runtime`` < the model and :func:`convert` < ``cli``, ``standalone`` (source export)
+and ``experiments``. This module re-exports the public surface.
 """
 
-from .api import DecoupledModel, TracerFallbackWarning, convert
+from typing import Any
+
+from ._version import __version__
+from .api import convert
 from .errors import (
     ConfigError,
     DecoupleError,
@@ -20,15 +28,14 @@ from .errors import (
     TiedParameterError,
     TraceError,
 )
-from .export_source import export_source
-from .losses import supcon_loss
-from .passes import METHODS
-from .report import ParamCounts
-from . import distributed  # decouple.distributed.StageTrainer after `import decouple`
+from .frontend.tracer import TracerFallbackWarning
+from .model import DecoupledModel
+from .objectives.losses import supcon_loss
+from .param_counts import ParamCounts
+from .passes import METHODS, parse_options
 from .runtime.stats import RunStats
 from .runtime.timeline import Timeline
-
-__version__ = "0.1.0"
+from .standalone import export_source
 
 __all__ = [
     "convert",
@@ -37,6 +44,7 @@ __all__ = [
     "RunStats",
     "Timeline",
     "METHODS",
+    "parse_options",
     "supcon_loss",
     "DecoupleError",
     "TraceError",
@@ -53,3 +61,12 @@ __all__ = [
     "TracerFallbackWarning",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``decouple.distributed`` after a plain ``import decouple`` (imported on first use: it pulls in torch.distributed)."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

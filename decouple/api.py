@@ -1,36 +1,33 @@
-"""The public API: :func:`convert` compiles a model into a :class:`~decouple.decoupled.DecoupledModel`."""
+"""The public API: :func:`convert` compiles a model into a :class:`~decouple.model.DecoupledModel`."""
 
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
 
-from . import codegen
-from .balance import Balance, balance_splits
+from .balance import balance_splits
 from .balance import check_kind as check_balance
-from .decoupled import DecoupledModel
-from .errors import ConfigError, TraceError
-from .inputs import normalize_example_inputs
-from .ir import Program, StageSpec
-from .losses import default_task_loss
-from .partition import Partition, partition, resolve_splits
+from .codegen.stage import Stage
+from .codegen.stages import build_stages
+from .compiler.cuts import Balance
+from .compiler.partition import Partition, partition
+from .compiler.program import Program, StageSpec
+from .compiler.splits import resolve_splits
+from .errors import ConfigError
+from .frontend.inputs import normalize_example_inputs
+from .frontend.trace import Trace, TracerName
+from .frontend.tracer import trace_modes
+from .model import DecoupledModel
+from .objectives.losses import default_task_loss
 from .passes import get_method, method_options, run_passes
-from .stage import Stage
-from .trace import Trace, TracerName, propagate, trace
 
-__all__ = ["convert", "DecoupledModel", "TracerFallbackWarning"]
+__all__ = ["convert", "OptimizerFactory"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-class TracerFallbackWarning(UserWarning):
-    """``tracer="auto"``: torch.fx could not trace the model, so torch.export was used."""
 
 
 def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -96,9 +93,7 @@ def convert(
     args, kwargs = normalize_example_inputs(example_inputs)
     root = copy.deepcopy(model) if copy_model else model
 
-    traces = _trace_both_modes(root, args, kwargs, tracer, leaf_modules, autowrap_functions)
-    for tr in {id(t): t for t in traces.values()}.values():
-        propagate(tr, tr.inputs.bind(args, kwargs))
+    traces = trace_modes(root, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
 
     if splits is None:
         raise ConfigError("splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages")
@@ -110,7 +105,7 @@ def convert(
     else:
         if balance != "flops":
             raise ConfigError(f"balance={balance!r} chooses split points for splits=N; with explicit splits leave it out")
-        names = splits  # type: ignore[assignment]
+        names = splits
     partitions = {True: _partition(traces[True], names, root)}
     same = traces[False] is traces[True]
     partitions[False] = partitions[True] if same else _partition(traces[False], names, root)
@@ -133,7 +128,7 @@ def convert(
     placement = _assign_devices(devices, len(program.stages), root, dropped=len(program.dropped))
     for spec, device in zip(program.stages, placement):
         spec.device = device
-    stages = codegen.build_stages(program)
+    stages = build_stages(program)
     factory = optimizer or _default_optimizer
     for stage in stages:
         stage.optimizer = _make_optimizer(factory, stage)
@@ -142,45 +137,6 @@ def convert(
     dm.balance = balanced
     dm.train(model.training)
     return dm
-
-
-def _trace_both_modes(
-    root: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    tracer: TracerName,
-    leaf_modules: Iterable[Any],
-    autowrap_functions: Iterable[Callable[..., Any]],
-) -> dict[bool, Trace]:
-    leaf_modules = list(leaf_modules)
-    autowrap_functions = list(autowrap_functions)
-    if tracer not in ("auto", "fx", "export"):
-        raise ConfigError(f"unknown tracer {tracer!r}; use 'auto', 'fx' or 'export'")
-    frontend = "fx" if tracer == "auto" else tracer
-
-    def run(training: bool) -> Trace:
-        return trace(
-            root, args, kwargs, training=training, tracer=frontend,  # type: ignore[arg-type]
-            leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
-        )
-
-    try:
-        train_trace = run(True)
-    except TraceError as exc:
-        if tracer != "auto":
-            raise
-        warnings.warn(
-            f"torch.fx could not trace {type(root).__name__} ({str(exc).splitlines()[0][:160]}); "
-            "using torch.export instead (pass tracer='export' to skip this attempt)",
-            TracerFallbackWarning,
-            stacklevel=3,
-        )
-        frontend = "export"
-        train_trace = run(True)
-    eval_trace = run(False)
-    if eval_trace.graph_module.code == train_trace.graph_module.code:
-        eval_trace = train_trace  # no mode-dependent Python: one graph serves both modes
-    return {True: train_trace, False: eval_trace}
 
 
 def _partition(tr: Trace, names: Sequence[str], root: nn.Module) -> Partition:

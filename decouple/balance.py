@@ -15,54 +15,34 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .candidates import candidates_for_stages
+from .codegen.stage import Stage
+from .codegen.stages import build_stages
+from .compiler.candidates import candidates_for_stages
+from .compiler.cuts import Balance, Segment, choose_cuts, stage_costs
+from .compiler.partition import partition
+from .compiler.program import Program, StageSpec
+from .compiler.splits import resolve_splits
 from .errors import ConfigError, SplitError
-from .ir import Program, StageSpec
-from .losses import logits_of
-from .partition import partition, resolve_splits
-from .passes import Method, run_passes
-from .report import count
-from .runtime.sequential import move
-from .stage import Stage
-from .trace import Trace
+from .frontend.preserve import preserved_state
+from .frontend.trace import Trace
+from .objectives.losses import logits_of
+from .param_counts import count
+from .passes.registry import Method, run_passes
+from .tree import detach_tree, map_tensors, move_tree, tensor_leaves
 
-__all__ = ["BalanceKind", "BALANCE_KINDS", "Segment", "Balance", "check_kind", "choose_cuts", "stage_costs", "balance_splits"]
+__all__ = ["BalanceKind", "BALANCE_KINDS", "check_kind", "balance_splits"]
 
 BalanceKind = Literal["flops", "params", "time"]
 BALANCE_KINDS: tuple[str, ...] = ("flops", "params", "time")
 _TIME_REPEATS = 3
-
-
-@dataclass(frozen=True)
-class Segment:
-    """The model between two candidate cuts: its component's cost and the cost of the head at its end."""
-
-    cut: str | None  # the candidate it ends at (None for the last segment)
-    component: float
-    head: float
-
-
-@dataclass(frozen=True)
-class Balance:
-    """The result of balancing: the chosen splits and each stage's share of the total cost."""
-
-    kind: str
-    splits: list[str]
-    shares: list[float]
-
-    def describe(self) -> str:
-        shares = ", ".join(f"{s:.0%}" for s in self.shares)
-        return f"splits balanced by {self.kind} (components and local heads): cost share per stage {shares}"
 
 
 def check_kind(kind: Any) -> BalanceKind:
@@ -71,51 +51,6 @@ def check_kind(kind: Any) -> BalanceKind:
     return kind  # type: ignore[no-any-return]
 
 
-# -- choosing cuts (pure) --------------------------------------------------------------------
-def stage_costs(segments: Sequence[Segment], cuts: Sequence[int]) -> list[float]:
-    """Cost of each stage when cutting after segments ``cuts``: its components plus the head at its end."""
-    costs, start = [], 0
-    for i in [*cuts, len(segments) - 1]:
-        costs.append(sum(s.component for s in segments[start : i + 1]) + (segments[i].head if i < len(segments) - 1 else 0.0))
-        start = i + 1
-    return costs
-
-
-def choose_cuts(segments: Sequence[Segment], num_stages: int) -> list[int]:
-    """Indices of ``num_stages - 1`` cuts (segment ``i`` ends at cut ``i``) minimising the costliest stage.
-
-    Dynamic programming over (stages so far, last cut); ties go to the earliest cuts.
-    """
-    m = len(segments)
-    assert 2 <= num_stages <= m, "needs one segment per stage"
-    prefix = [0.0]
-    for s in segments:
-        prefix.append(prefix[-1] + s.component)
-
-    def cost(h: int, i: int) -> float:  # a stage from segment h + 1 through i, ending at cut i
-        return prefix[i + 1] - prefix[h + 1] + segments[i].head
-
-    inf = float("inf")
-    best = [[inf] * m for _ in range(num_stages)]
-    back = [[-1] * m for _ in range(num_stages)]
-    for i in range(m - 1):
-        best[1][i] = cost(-1, i)
-    for j in range(2, num_stages):
-        for i in range(j - 1, m - 1):
-            for h in range(j - 2, i):
-                value = max(best[j - 1][h], cost(h, i))
-                if value < best[j][i]:
-                    best[j][i], back[j][i] = value, h
-    finals = [(max(best[num_stages - 1][i], prefix[m] - prefix[i + 1]), i) for i in range(m - 1) if best[num_stages - 1][i] < inf]
-    _, i = min(finals)
-    cuts = [i]
-    for j in range(num_stages - 1, 1, -1):
-        i = back[j][i]
-        cuts.append(i)
-    return sorted(cuts)
-
-
-# -- measuring (fine compile) ----------------------------------------------------------------
 def balance_splits(
     tr: Trace,
     root: nn.Module,
@@ -133,12 +68,10 @@ def balance_splits(
     candidates = candidates_for_stages(tr, root, num_stages)
     names = [c.name for c in candidates]
     device = next((p.device for p in root.parameters()), torch.device("cpu"))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _preserved(root):
+    with preserved_state(root, grads=True):
         program = _fine_program(tr, root, names, method, options, loss_fn, num_classes, device)
-        from .codegen import build_stages
-
         stages = build_stages(program)
-        message = move(tr.inputs.bind(args, kwargs), device)
+        message = move_tree(tr.inputs.bind(args, kwargs), device)
         labels = _labels(program, message, device)
         segments = _measure(stages, program, message, labels, kind)
     # a method may drop trailing parts of the model from training (associated learning replaces the
@@ -171,7 +104,7 @@ def _labels(program: Program, message: dict[str, Any], device: torch.device) -> 
     """Synthetic class labels for the example batch: every class in turn."""
     out = logits_of(program.output_value())
     classes = program.num_classes or (int(out.shape[1]) if out is not None and out.dim() == 2 else 2)
-    sizes = [x.shape[0] for x in pytree.tree_leaves(message) if isinstance(x, torch.Tensor) and x.dim() > 0]
+    sizes = [x.shape[0] for x in tensor_leaves(message) if x.dim() > 0]
     return torch.arange(sizes[0] if sizes else 2, device=device) % max(classes, 2)
 
 
@@ -197,7 +130,7 @@ def _traced_flops(program: Program) -> list[float] | None:
     """Training FLOPs of each fine component from shape propagation: forward x 3 (backward is about twice
     the forward); ``None`` when no node has a FLOP count (then they are measured)."""
     part = program.partitions[True]
-    nodes = {n.name: n for n in part.trace.graph.nodes}
+    nodes = part.trace.nodes
     flops = [3.0 * sum(float(nodes[x].meta.get("flops", 0)) for x in plan.nodes) for plan in part.stages]
     return flops if sum(flops) > 0 else None
 
@@ -211,13 +144,13 @@ def _run_once(
     """
     costs = []
     for k, stage in enumerate(stages):
-        message, carry = move(message, stage.device), move(carry, stage.device)
+        message, carry = move_tree(message, stage.device), move_tree(carry, stage.device)
         with meter() as fwd, (nullcontext() if components else torch.no_grad()):
             next_message, output = stage(message)
         head = 0.0
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if stage.objective is not None and k < len(stages) - 1:
-            detached = pytree.tree_map(lambda x: x.detach().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x, output)
+            detached = map_tensors(lambda x: x.detach().requires_grad_(x.is_floating_point()), output)
             with meter() as local:
                 result = stage.evaluate(message, next_message, detached, carry)
                 assert result is not None
@@ -225,19 +158,15 @@ def _run_once(
                     result.loss.backward()
             head = local.value
             carry = result.carry
-            pairs = [(o, d.grad) for o, d in zip(_leaves(output), _leaves(detached)) if d.grad is not None and o.requires_grad]
+            pairs = [(o, d.grad) for o, d in zip(tensor_leaves(output), tensor_leaves(detached)) if d.grad is not None and o.requires_grad]
         elif components:  # the last stage (its task loss is the same wherever the cuts fall) or no objective
-            pairs = [(o, torch.ones_like(o)) for o in _leaves(output) if o.requires_grad]
+            pairs = [(o, torch.ones_like(o)) for o in tensor_leaves(output) if o.requires_grad]
         with meter() as bwd:
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         costs.append((fwd.value + bwd.value if components else 0.0, head))
-        message = pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, next_message)
+        message = detach_tree(next_message)
     return costs
-
-
-def _leaves(value: Any) -> list[torch.Tensor]:
-    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
 
 
 class _Value:
@@ -275,23 +204,3 @@ class _seconds:
 def _sync() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
-
-
-class _preserved:
-    """Restore the model's buffers (batch-norm statistics) and clear gradients the measuring left."""
-
-    def __init__(self, root: nn.Module) -> None:
-        self.root = root
-
-    def __enter__(self) -> None:
-        self.buffers = {name: b.detach().clone() for name, b in self.root.named_buffers()}
-        self.grads = {id(p): p.grad for p in self.root.parameters()}
-
-    def __exit__(self, *exc: Any) -> None:
-        with torch.no_grad():
-            for name, b in self.root.named_buffers():
-                if name in self.buffers:
-                    b.copy_(self.buffers[name].to(b.device))
-        for p in self.root.parameters():
-            p.grad = self.grads.get(id(p))
-

@@ -8,19 +8,21 @@ FLOPs from shape propagation on the example inputs.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
-from .api import TracerFallbackWarning
-from .candidates import Candidate, balanced_splits, candidate_splits
-from .codegen import describe_value
-from .errors import TraceError
-from .inputs import normalize_example_inputs
-from .trace import Trace, TracerName, propagate, trace
+from .balance import BalanceKind, balance_splits
+from .codegen.stages import describe_value
+from .compiler.candidates import Candidate, candidate_splits
+from .frontend.inputs import normalize_example_inputs
+from .frontend.trace import Trace, TracerName
+from .frontend.tracer import trace_modes
+from .model import DecoupledModel
+from .objectives.losses import default_task_loss
+from .passes.registry import get_method, method_options
 
 __all__ = [
     "Boundary",
@@ -48,7 +50,7 @@ class Boundary:
 
     @classmethod
     def of(cls, name: str, described: Any, carried: bool = False) -> Boundary:
-        """From :func:`decouple.codegen.describe_value` output."""
+        """From :func:`decouple.codegen.stages.describe_value` output."""
         if _is_tensor_description(described):
             return cls(name, list(described[0]), described[1], None, carried)
         return cls(name, None, None, _jsonable(described), carried)
@@ -114,7 +116,7 @@ class ConversionReport:
         return asdict(self)
 
 
-def describe_conversion(dm: Any) -> ConversionReport:
+def describe_conversion(dm: DecoupledModel) -> ConversionReport:
     """The report of a :class:`~decouple.DecoupledModel` (``decouple inspect`` prints it)."""
     counts = dm.param_counts()
     part = dm.program.partitions[True]
@@ -165,8 +167,9 @@ def describe_conversion(dm: Any) -> ConversionReport:
 class SplitsReport:
     """Candidate split points in forward order and, for ``stages``, the balanced choice among them.
 
-    ``stage_shares``: each suggested stage's share of forward FLOPs (of parameters when the model
-    has no FLOP counts).
+    The choice is the one ``convert(model, method, splits=stages, balance=balance)`` makes: the same
+    chooser over the same costs, each stage's local head included. ``stage_shares``: each suggested
+    stage's share of that cost.
     """
 
     model: str
@@ -174,6 +177,8 @@ class SplitsReport:
     stages: int | None = None
     suggested: list[str] | None = None
     stage_shares: list[float] | None = None
+    method: str | None = None
+    balance: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -192,30 +197,29 @@ def trace_model(
 ) -> Trace:
     """The training-mode trace of ``model`` with shapes and FLOPs, as ``convert`` makes it."""
     args, kwargs = normalize_example_inputs(example_inputs)
-    options: dict[str, Any] = dict(leaf_modules=list(leaf_modules), autowrap_functions=list(autowrap_functions))
-    try:
-        tr = trace(model, args, kwargs, training=True, tracer="fx" if tracer == "auto" else tracer, **options)
-    except TraceError as exc:
-        if tracer != "auto":
-            raise
-        warnings.warn(f"torch.fx could not trace the model ({str(exc).splitlines()[0][:160]}); using torch.export", TracerFallbackWarning, stacklevel=2)
-        tr = trace(model, args, kwargs, training=True, tracer="export", **options)
-    propagate(tr, tr.inputs.bind(args, kwargs))
-    return tr
+    traces = trace_modes(model, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, modes=(True,))
+    return traces[True]
 
 
-def describe_splits(model: nn.Module, tr: Trace, stages: int | None = None) -> SplitsReport:
-    """Candidate split points of a traced model and, with ``stages``, a balanced set of them."""
+def describe_splits(
+    model: nn.Module,
+    tr: Trace,
+    stages: int | None = None,
+    *,
+    example_inputs: Any = None,
+    method: str = "scl",
+    balance: BalanceKind = "flops",
+    num_classes: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> SplitsReport:
+    """Candidate split points of a traced model and, with ``stages``, the ones ``convert(..., splits=stages)`` picks."""
     candidates = candidate_splits(tr, model)
     report = SplitsReport(type(model).__name__, candidates)
     if stages is not None:
-        names = balanced_splits(tr, model, stages)
-        report.stages, report.suggested = stages, names
-        report.stage_shares = _stage_shares(candidates, names)
+        chosen = get_method(method)
+        args, kwargs = normalize_example_inputs(example_inputs)
+        result = balance_splits(tr, model, stages, kind=balance, method=chosen, options=method_options(chosen, options or {}),
+                                loss_fn=default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)  # fmt: skip
+        report.stages, report.suggested, report.stage_shares = stages, result.splits, result.shares
+        report.method, report.balance = chosen.name, balance
     return report
-
-
-def _stage_shares(candidates: Sequence[Candidate], names: Sequence[str]) -> list[float]:
-    by_name = {c.name: c for c in candidates}
-    cumulative = [0.0] + [by_name[n].flops_share for n in names] + [1.0]
-    return [b - a for a, b in zip(cumulative, cumulative[1:])]

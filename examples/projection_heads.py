@@ -18,9 +18,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from decouple.curves import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
-from decouple.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.models import ARCHITECTURES
+from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
+from decouple.experiments.models import ARCHITECTURES
 
 HEADS = ("identity", "linear", "mlp")  # the rows of the papers' table
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import decouple
-from decouple.datasets import mnist_loaders
+from decouple.experiments.datasets import mnist_loaders
 
 
 class SmallCNN(nn.Module):

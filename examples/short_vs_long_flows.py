@@ -30,15 +30,15 @@ from typing import Any
 
 import torch
 
-from decouple.decoupled import DecoupledModel
-from decouple.curves import accuracy_table, plot_curves, write_epochs_csv, write_summary_csv
-from decouple.fit import unpack_batch
+from decouple.model import DecoupledModel
+from decouple.experiments.results import accuracy_table, plot_curves, write_epochs_csv, write_summary_csv
+from decouple.runtime.batches import unpack_batch
 from decouple.passes import Method, register_method
 from decouple.passes.scl import SupConOptions, attach_supcon
 from decouple.passes.task import attach_task_loss
 from decouple.runtime.stats import RunStats, batch_size
-from decouple.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.models import ARCHITECTURES
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
+from decouple.experiments.models import ARCHITECTURES
 
 #: scl's heads and losses without ``detach_boundaries``: every local loss reaches the stages before it
 JOINT = register_method(Method("scl_no_detach", (attach_supcon, attach_task_loss), SupConOptions,

@@ -32,8 +32,8 @@ from torch import nn
 from tqdm import tqdm
 
 import decouple
-from decouple.datasets import text_loaders
-from decouple.losses import logits_of
+from decouple.experiments.datasets import text_loaders
+from decouple.objectives.losses import logits_of
 
 METHODS = ("bp", "early_exit", "al", "scl")
 

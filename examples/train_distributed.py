@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import decouple
-from decouple.datasets import mnist_loaders
+from decouple.experiments.datasets import mnist_loaders
 from decouple.distributed import StageTrainer, StepRecord, gather_effective_state_dict, launch
 
 

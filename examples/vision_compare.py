@@ -11,7 +11,7 @@ accuracy_per_epoch.csv, summary.csv, accuracy_vs_epoch.png (test accuracy per ep
 method, the papers' figure) and config.json. Every method of one (architecture, seed) starts
 from the same initial weights and sees the same batches. AL runs with first_loss=ce,
 target_grad=False and a bridge with a 1024-wide hidden layer unless --option al:KEY=VALUE says
-otherwise (decouple.experiment.RECIPES).
+otherwise (decouple.experiments.RECIPES).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from decouple.curves import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
+from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
 from decouple.errors import ConfigError
-from decouple.experiment import RECIPES
+from decouple.experiments import RECIPES
 from decouple.passes import METHODS
-from decouple.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.models import ARCHITECTURES
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
+from decouple.experiments.models import ARCHITECTURES
 
 METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order
 DEFAULT_OPTIONS = RECIPES  # --option al:KEY=VALUE overrides them

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import decouple
-from decouple.augment import (
+from decouple.experiments.augment import (
     Augmented,
     Compose,
     RandomAffine,

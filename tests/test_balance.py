@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import MLP, ResCNN
+from .models import MLP, ResCNN
 
 import decouple
-from decouple.balance import Segment, choose_cuts, stage_costs
-from decouple.candidates import balanced_splits
+from decouple.compiler.cuts import Segment, choose_cuts, stage_costs
+from decouple.compiler.candidates import candidate_splits
 
 
 def _segments(components: list[float], heads: list[float]) -> list[Segment]:
@@ -49,7 +49,10 @@ def _deep_mlp() -> MLP:
 def test_heads_are_counted_in_the_stage_they_end() -> None:
     x = (torch.randn(8, 512),)
     dm = decouple.convert(_deep_mlp(), splits=2, example_inputs=x)
-    components_only = balanced_splits(dm.program.partitions[True].trace, dm.program.root, 2)
+    candidates = candidate_splits(dm.program.partitions[True].trace, dm.program.root)
+    cumulative = [0.0] + [c.flops_share for c in candidates] + [1.0]
+    segments = [Segment(None, b - a, 0.0) for a, b in zip(cumulative, cumulative[1:])]  # components alone
+    components_only = [candidates[i].name for i in choose_cuts(segments, 2)]
     chosen = [s.spec for s in dm.program.partitions[True].splits]
     # the head at the cut (512 -> 512 -> 1024) costs about three layers: stage 0 gives some up
     assert chosen != components_only

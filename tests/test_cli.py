@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 import decouple
+from benchmarks import zoo
 from decouple import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def resnet18_dm() -> Any:
 
 
 def tiny_dm(splits: list[str], **options: Any) -> Any:
-    from cli_models import tiny_net
+    from .cli_models import tiny_net
 
     return decouple.convert(tiny_net(num_classes=4), splits=splits, example_inputs=(torch.randn(2, 3, 8, 8),), **options)
 
@@ -107,10 +108,29 @@ def test_splits_on_resnet18_lists_block_boundaries_only() -> None:
 def test_splits_table_suggests_a_balanced_set(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["splits", *TINY, "--stages", "2"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"suggested for 2 stages .*: --splits blocks\.\d", out)
+    assert re.search(r"suggested for 2 stages .*: --splits stem\.0\n", out)  # the head at the cut dominates this tiny net
     rows = [_cells(line) for line in out.splitlines() if re.match(r"\s*\d+\s{2,}", line)]
     assert [r[1].split(" ")[0] for r in rows][:2] == ["stem.0", "stem"]
     assert all(re.fullmatch(r"\d+\.\d%", r[-1]) for r in rows)
+
+
+#: the torchvision classifiers the test suite covers (the zoo's families, and the two the layout issue reported)
+AGREEMENT = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "vit_b_16", "densenet121"]
+AGREEMENT_SLOW = ["efficientnet_b0", "swin_t", "inception_v3"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", [*AGREEMENT, *(pytest.param(n, marks=pytest.mark.slow) for n in AGREEMENT_SLOW)])
+def test_splits_suggests_exactly_what_convert_picks(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    case = zoo.model_case(name)
+    stages = 4
+    argv = ["splits", f"torchvision:{name}", "--input-shape", f"2,3,{case.size},{case.size}", "--stages", str(stages)]
+    assert cli.main([*argv, "--kwargs", json.dumps(case.kwargs), "--json"]) == 0
+    suggested = json.loads(capsys.readouterr().out)["suggested"]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, case.size, case.size)
+    dm = decouple.convert(case.build(), splits=stages, example_inputs=(x,))
+    assert suggested == [point.spec for point in dm.program.partitions[True].splits]
 
 
 _RUN_WITHOUT_DECOUPLE = """
@@ -158,7 +178,7 @@ def test_exported_custom_model_carries_its_code(tmp_path: Path) -> None:
     assert manifest["method"] == "scl" and manifest["stages"] == 3
     code = (out / "inference.py").read_text()
     assert "class Block(nn.Module)" in code and "def scale_shift(" in code  # the user's leaf class and wrapped function
-    from cli_models import tiny_net
+    from .cli_models import tiny_net
 
     torch.manual_seed(0)
     original = tiny_net(num_classes=4).eval()
@@ -237,8 +257,6 @@ def test_token_inputs_and_method_options(capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.parametrize("method", ["bp", "al", "early_exit"])
 def test_inspect_and_export_work_for_every_method(method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if method not in decouple.METHODS:
-        pytest.skip(f"method {method!r} is not registered yet")
     base = ["tests.cli_models:tiny_net", "--input-shape", "4,3,8,8", "--num-classes", "4", "--method", method, "--splits", "stem,blocks.0"]
     assert cli.main(["inspect", *base, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_gradient_isolation
-from models import (
+from .helpers import assert_gradient_isolation
+from .models import (
     FunctionalDropout,
     InplaceAfterCut,
     ParamOnlyMoved,

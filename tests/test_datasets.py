@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decouple
-from decouple.datasets import (
+from decouple.experiments.datasets import (
     MNIST_MEAN,
     MNIST_STD,
     PAD,
@@ -36,9 +36,9 @@ def _labels_in_order(loader: torch.utils.data.DataLoader) -> torch.Tensor:
 
 
 def test_data_files_live_inside_the_package() -> None:
-    package_dir = Path(decouple.__file__).parent
+    package_dir = Path(decouple.__file__).parent / "experiments"
     for name in ("mnist_subset.npz", "rotten_tomatoes.csv.gz"):
-        resource = resources.files("decouple").joinpath("data", name)
+        resource = resources.files("decouple.experiments").joinpath("data", name)
         assert resource.is_file()
         assert Path(str(resource)).parent == package_dir / "data"
 

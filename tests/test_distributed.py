@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import one_thread
-from models import MLP, ResCNN
+from .helpers import one_thread
+from .models import MLP, ResCNN
 
 import decouple
 from decouple.distributed import (
@@ -35,8 +35,8 @@ from decouple.distributed import (
     launch,
     merge_checkpoints,
 )
-from decouple.runtime.distributed import StageRunner
-from decouple.runtime.transport import Kind, Link
+from decouple.runtime.distributed.rank_loop import StageRunner
+from decouple.runtime.distributed.links import Kind, Link
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -113,7 +113,7 @@ def run_as_threads(dm: decouple.DecoupledModel, data: list[Any], epochs: int = 1
         runner = StageRunner(dm.stages[r], inbox=inbox, outbox=outbox)
         try:
             if r == 0:
-                logs[r] = runner.run_source(epochs, lambda epoch: ((dm._message((x,), {}), y) for x, y in data))
+                logs[r] = runner.run_source(epochs, lambda epoch: ((dm.bind((x,), {}), y) for x, y in data))
             else:
                 logs[r] = runner.run_follower()
         except BaseException as exc:  # re-raised below
@@ -157,8 +157,6 @@ def test_long_skip_and_batch_norm_equal_sequential_training() -> None:
 
 @pytest.mark.parametrize("method", ["al", "early_exit"])
 def test_other_methods_equal_sequential_training(method: str) -> None:
-    if method not in decouple.METHODS:
-        pytest.skip(f"method {method!r} is not implemented yet")
     data = batches()
     reference = sequential(mlp_dm(("layers.0", "layers.1"), method=method), data)
     dm = mlp_dm(("layers.0", "layers.1"), method=method)
@@ -268,11 +266,11 @@ def test_without_a_process_group_the_error_says_how_to_start_one(monkeypatch: py
 
 
 def test_bad_batches_are_rejected() -> None:
-    from decouple.distributed import split_batch
+    from decouple.runtime.batches import unpack_batch
 
-    assert split_batch((1, 2, 3)) == ((1, 2), 3)
-    with pytest.raises(decouple.InputError, match=r"tuple \(inputs..., target\)"):
-        split_batch(torch.ones(3))
+    assert unpack_batch((1, 2, 3)) == ((1, 2), {}, 3)
+    with pytest.raises(decouple.InputError, match="cannot read a batch of type Tensor"):
+        unpack_batch(torch.ones(3))
 
 
 def test_stage_checkpoints_that_do_not_fit_together_are_rejected(tmp_path: Any) -> None:
@@ -287,7 +285,7 @@ def test_stage_checkpoints_that_do_not_fit_together_are_rejected(tmp_path: Any) 
         merge_checkpoints(tmp_path)
     stage_file(0, "a")
     stage_file(2, "a")
-    with pytest.raises(decouple.DecoupleError, match=r"holds stages \[0, 2\] of a 3-stage model"):
+    with pytest.raises(decouple.DecoupleError, match=r"hold stages \[0, 2\] of a 3-stage model"):
         merge_checkpoints(tmp_path)
     stage_file(1, "b")
     with pytest.raises(decouple.DecoupleError, match="different conversions"):
@@ -377,6 +375,19 @@ def test_fit_processes_trains_the_model_in_place() -> None:
     history = fit_processes(dm, data, threads=1, timeout=60)
     assert_same_state(dm, reference)
     assert dm.steps == 3 and history.batches == 3 and set(history.losses) == {"stage0", "stage1", "stage2"}
+
+
+@pytest.mark.timeout(120)
+def test_dict_batches_train_the_same_with_processes_as_with_threads() -> None:
+    """One batch reader for every runtime: keyword inputs and the target under "target" work everywhere."""
+    data = [{"x": x, "target": y} for x, y in batches(n=3)]
+    threaded = mlp_dm(("layers.0", "layers.1"))
+    with one_thread():
+        threaded.fit(data, epochs=1, progress=False)
+    dm = mlp_dm(("layers.0", "layers.1"))
+    history = dm.fit(data, epochs=1, backend="processes")
+    assert_same_state(dm, threaded)
+    assert dm.steps == threaded.steps == 3 and history.batches == 3
 
 
 def failing_rank(fail_rank: int, at_batch: int, how: str, data: list[Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from models import MLP, DataDependent, ParamOnlyValue, Reused, SideBranch, Tied
+from .models import MLP, DataDependent, ParamOnlyValue, Reused, SideBranch, Tied
 
 import decouple
 from decouple import ConfigError, InputError, SplitError, TargetError, TiedParameterError, TraceError
@@ -175,7 +175,7 @@ def test_errors_are_value_errors_for_generic_handlers() -> None:
 
 
 def test_stage_head_must_read_a_value_its_stage_computes() -> None:
-    from models import UsesTuple
+    from .models import UsesTuple
 
     # "relu" cuts inside `block`, so block's output (relu) belongs to stage 0, not stage 1
     with pytest.raises(SplitError, match=r"'block' ends stage 1, but its output 'relu' is computed in stage 0"):

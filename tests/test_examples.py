@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import decouple
-from conftest import assert_gradient_isolation
-from decouple.curves import accuracy_table, parameter_table, plot_curves, read_epochs_csv, write_epochs_csv
+from .helpers import assert_gradient_isolation
+from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, read_epochs_csv, write_epochs_csv
 from decouple.errors import ConfigError
-from decouple.experiment import RunResult, evaluate, train_and_evaluate
-from decouple.imagedata import image_data
-from decouple.models import ARCHITECTURES, get_architecture
+from decouple.experiments import RunResult, evaluate, train_and_evaluate
+from decouple.experiments.image_data import image_data
+from decouple.experiments.models import ARCHITECTURES, get_architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--train-limit", "96", "--test-limit", "64", "--batch-size", "32", "--no-progress"]
@@ -53,10 +53,10 @@ def test_every_architecture_splits_into_isolated_stages(name: str, channels: int
     assert dm.num_stages == len(arch.splits) + 1
     assert_gradient_isolation(dm, x, target=y)
     assert arch.splits_for(2) == list(arch.splits[:1])
-    if "al" in decouple.METHODS:  # associated learning trains every block and replaces the classifier alone
-        al = decouple.convert(model, "al", arch.splits_for(method="al"), example_inputs=(x,), num_classes=7)
-        dropped = al.param_counts().dropped
-        assert dropped == sum(p.numel() for p in model.classifier.parameters())
+    # associated learning trains every block and replaces the classifier alone
+    al = decouple.convert(model, "al", arch.splits_for(method="al"), example_inputs=(x,), num_classes=7)
+    dropped = al.param_counts().dropped
+    assert dropped == sum(p.numel() for p in model.classifier.parameters())
 
 
 def test_architecture_errors_name_the_fix() -> None:
@@ -177,7 +177,7 @@ def test_example_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    methods = [m for m in ("bp", "early_exit", "al", "scl") if m in decouple.METHODS]
+    methods = ["bp", "early_exit", "al", "scl"]
     out_dir = tmp_path / "out"
     threads = torch.get_num_threads()
     code = load_example("vision_compare").main(["--archs", "convnet", "--methods", ",".join(methods), "--seeds", "2", "--out", str(out_dir), *TINY])

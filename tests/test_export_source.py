@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from cli_models import NumpyNet, TiedPair, tiny_net
-from models import FunctionalDropout, ResCNN
+from .cli_models import NumpyNet, TiedPair, tiny_net
+from .models import FunctionalDropout, ResCNN
 from torch import nn
 
 import decouple

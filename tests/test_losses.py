@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decouple import TargetError
-from decouple.losses import check_class_targets, supcon_loss
+from decouple.objectives.losses import check_class_targets, supcon_loss
 
 
 def reference(z: torch.Tensor, labels: torch.Tensor, tau: float, variant: str) -> float:

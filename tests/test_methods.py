@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_gradient_isolation
+from .helpers import assert_gradient_isolation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import MLP, ResCNN, ShapeCarrier
+from .models import MLP, ResCNN, ShapeCarrier
 
 import decouple
 from decouple import ConfigError

@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from decouple.errors import ConfigError
-from decouple.modelspec import SCHEMES, Scheme, accepts_keyword, build_model, parse_model_spec, register_scheme
+from decouple.cli.model_spec import SCHEMES, Scheme, accepts_keyword, build_model, parse_model_spec, register_scheme
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import assert_gradient_isolation
+from .helpers import assert_gradient_isolation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import MLP, ResCNN
+from .models import MLP, ResCNN
 
 import decouple
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import assert_gradient_isolation
-from models import MLP, DataDependent, ResCNN
+from .helpers import assert_gradient_isolation
+from .models import MLP, DataDependent, ResCNN
 from torch import nn
 
 import decouple
@@ -424,7 +424,6 @@ def test_untraceable_model_without_the_export_fallback(model_class: type[nn.Modu
 
 
 def test_shape_branch_converts_through_the_export_fallback() -> None:
-    pytest.importorskip("decouple.export")
     model = ShapeBranch()
     x = torch.randn(4, 6)
     with unchanged(model), warnings.catch_warnings(record=True) as caught:
@@ -434,15 +433,11 @@ def test_shape_branch_converts_through_the_export_fallback() -> None:
     _check_converted(model, dm, "scl", (x,), Y4)
 
 
-def test_data_dependent_model_with_the_export_fallback_converts_or_explains() -> None:
-    pytest.importorskip("decouple.export")
-    model = DataDependent()
+def test_data_dependent_branch_is_refused_by_both_frontends_with_the_fix() -> None:
+    model = DataDependent()  # `if h.sum() > 0:` in the root's forward: neither fx nor export can record it
     x = torch.randn(4, 4)
-    with unchanged(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            dm = decouple.convert(model, splits=["a"], example_inputs=(x,))
-        except decouple.DecoupleError as exc:
-            assert "export" in str(exc)
-            return
-    _check_converted(model, dm, "scl", (x,), Y4)
+    with unchanged(model), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TraceError, match=r"(?s)torch\.export could not trace DataDependent: GuardOnDataDependent.*Fix: make forward exportable"):
+            decouple.convert(model, splits=["a"], example_inputs=(x,))
+    assert any(issubclass(w.category, decouple.TracerFallbackWarning) for w in caught)

@@ -1,19 +1,23 @@
 """Random split specifications, valid and invalid, against random architectures.
 
-A valid specification converts and satisfies isolation and transparency; an invalid one raises
-a documented :class:`decouple.DecoupleError`, never another exception type.
+Specs drawn from the candidate split points (``decouple splits`` lists them) must convert with every
+method and satisfy isolation and transparency. Other specs (module and node names in forward order,
+garbage, duplicates, wrong order, non-strings) either convert and satisfy the same properties, or
+raise a documented :class:`decouple.DecoupleError`, never another exception type.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.fx as fx
-from conftest import assert_gradient_isolation
-from hypothesis import HealthCheck, event, given, settings
+from .helpers import assert_gradient_isolation
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
+from .models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
 
 import decouple
+from decouple.compiler.candidates import candidate_splits
+from decouple.inspection import trace_model
 
 ARCHITECTURES = {
     "mlp": (lambda: MLP([5, 7, 6, 8, 4], 3), lambda: (torch.randn(6, 5),), 3),
@@ -39,33 +43,46 @@ def _names(model: torch.nn.Module) -> list[str]:
     return [name for _, _, name in sorted(keyed)]
 
 
+def _candidates(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """The candidate split points, in forward order."""
+    return [c.name for c in candidate_splits(trace_model(model, inputs), model)]
+
+
 @st.composite
 def spec(draw):
     arch = draw(st.sampled_from(sorted(ARCHITECTURES)))
     build, inputs, classes = ARCHITECTURES[arch]
     model = build()
-    ordered = _names(model)
-    if draw(st.booleans()):  # plausible: distinct names in forward order
+    example = inputs()
+    kind = draw(st.sampled_from(["candidates", "plausible", "anything"]))
+    if kind == "candidates":  # valid: distinct candidate points in forward order
+        candidates = _candidates(model, example)
+        assume(candidates)  # UsesTuple passes two tensors everywhere: no single-tensor point
+        chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))
+        splits = sorted(chosen, key=candidates.index)
+    elif kind == "plausible":  # distinct module and node names in forward order (some cut inside a block)
+        ordered = _names(model)
         chosen = draw(st.lists(st.sampled_from(ordered), min_size=1, max_size=3, unique=True))
         splits = sorted(chosen, key=ordered.index)
     else:  # anything: garbage, duplicates, wrong order, non-strings
-        pool = ordered + ["nonexistent", "layer9", "", "blocks.7"]
+        pool = [*_names(model), "nonexistent", "layer9", "", "blocks.7"]
         items = st.one_of(st.sampled_from(pool), st.integers(-2, 3), st.none())
         splits = draw(st.lists(items, min_size=0, max_size=4))
     method = draw(st.sampled_from(["scl", "al", "early_exit", "bp"]))
-    return arch, model, splits, inputs(), classes, method
+    return kind, model, splits, example, classes, method
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec())
 def test_random_split_specs(case) -> None:
-    arch, model, splits, inputs, classes, method = case
+    kind, model, splits, inputs, classes, method = case
     try:
         dm = decouple.convert(model, method=method, splits=splits, example_inputs=inputs, num_classes=classes)
     except decouple.DecoupleError as exc:
+        assert kind != "candidates", f"candidate split points {splits} must convert with {method!r}: {exc}"
         event(f"rejected: {type(exc).__name__}")
         return  # a documented, explained rejection
-    event(f"converted: {method}")
+    event(f"converted ({kind}): {method}")
     target = torch.arange(inputs[0].shape[0]) % classes
     model.eval()
     dm.eval()

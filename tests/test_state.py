@@ -6,8 +6,8 @@ import io
 
 import pytest
 import torch
-from conftest import one_thread
-from models import ResCNN
+from .helpers import one_thread
+from .models import ResCNN
 
 import decouple
 

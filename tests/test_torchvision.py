@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from conftest import assert_gradient_isolation
+from .helpers import assert_gradient_isolation
 
 import decouple
 
@@ -60,8 +60,9 @@ def test_balanced_splits_by_count() -> None:
 
 
 def test_candidate_points_exclude_residual_block_internals() -> None:
-    from decouple.candidates import candidate_splits
-    from decouple.trace import propagate, trace
+    from decouple.compiler.candidates import candidate_splits
+    from decouple.frontend.propagate import propagate
+    from decouple.frontend.tracer import trace
 
     model = torchvision.models.resnet18(num_classes=10)
     x = torch.randn(2, 3, 32, 32)

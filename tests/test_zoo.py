@@ -9,14 +9,9 @@ round trip and one pipelined step must all hold. The full product of families an
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import zoo  # noqa: E402
+from benchmarks import zoo
 
 FAST = [
     ("resnet18", "scl"),

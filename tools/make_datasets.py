@@ -1,4 +1,4 @@
-"""Build the small data sets shipped in ``decouple/data/`` from the developers' full copies.
+"""Build the small data sets shipped in ``decouple/experiments/data/`` from the developers' full copies.
 
 Run from the repository root:
 
@@ -31,7 +31,7 @@ TEXT_TRAIN_SIZE = 10_000  # the remaining 2,808 snippets form the test split
 TEXT_LABELS = {"fresh": 1, "rotten": 0}
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = REPO_ROOT / "decouple" / "data"
+OUT_DIR = REPO_ROOT / "decouple" / "experiments" / "data"
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..compiler.program import InferenceTail, Program
 from ..errors import ConfigError
-from ..heads import ACTIVATIONS, PooledHead, make_mlp, output_dim
-from ..ir import InferenceTail, Program
-from ..objectives import AssociatedObjective
-from .common import PoolOptions, build_pool, infer_num_classes
+from ..objectives.associated import AssociatedObjective
+from ..objectives.heads import ACTIVATIONS, PooledHead, make_mlp
+from ..objectives.pools import output_dim
+from .detach import detach_boundaries
+from .pooling import PoolOptions, build_pool, infer_num_classes
+from .registry import Method, register_method
 
 __all__ = ["AssociatedOptions", "attach_associated_learning"]
 
@@ -94,3 +97,13 @@ def attach_associated_learning(program: Program, options: Any) -> None:
         f"method al replaces the model's head ({replaced}) with the target path: bridge b_{layers} and decoders "
         f"h_{layers}..h_1 (label_dim {options.label_dim}, {classes} classes)"
     )
+
+
+register_method(
+    Method(
+        "al",
+        (detach_boundaries, attach_associated_learning),
+        AssociatedOptions,
+        "associated learning: bridges and target-side autoencoders per stage, the head replaced by decoders",
+    )
+)

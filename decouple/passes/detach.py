@@ -16,11 +16,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..ir import Program
-from ..partition import StagePlan
-from ..trace import tensor_leaves
+from ..compiler.partition import StagePlan
+from ..compiler.program import Program
+from ..tree import tensor_leaves
 
-__all__ = ["detach_boundaries", "mutated_inputs", "detach_value"]
+__all__ = ["detach_boundaries", "mutated_inputs"]
 
 _INPLACE_OPERATORS = {
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
@@ -46,7 +46,7 @@ def detach_boundaries(program: Program, options: Any) -> None:
     """Mark every tensor input of stages 1.. as detached, or cloned where an in-place op follows."""
     for spec in program.stages[1:]:
         for mode, plan in spec.plans.items():
-            graph_nodes = {n.name: n for n in program.partitions[mode].trace.graph.nodes}
+            graph_nodes = program.partitions[mode].trace.nodes
             mutated = mutated_inputs(plan, graph_nodes, program.root)
             policy: dict[str, str] = {}
             for name in plan.inputs:
@@ -54,20 +54,6 @@ def detach_boundaries(program: Program, options: Any) -> None:
                     continue  # ints, shapes, None pass through untouched
                 policy[name] = "clone" if name in mutated else "detach"
             spec.policies[mode] = policy
-
-
-def detach_value(value: Any) -> Any:
-    """Detach every tensor inside a (possibly nested) value; used for container boundary values."""
-    import torch.utils._pytree as pytree
-
-    return pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, value)
-
-
-def clone_value(value: Any) -> Any:
-    """Detach and clone every tensor inside a (possibly nested) value."""
-    import torch.utils._pytree as pytree
-
-    return pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, value)
 
 
 def mutated_inputs(plan: StagePlan, nodes: dict[str, fx.Node], root: nn.Module) -> set[str]:

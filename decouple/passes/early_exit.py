@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..compiler.program import InferenceTail, Program
 from ..errors import ConfigError
-from ..heads import PooledHead, make_mlp, output_dim
-from ..ir import InferenceTail, Program
-from ..objectives import ExitObjective
-from .common import PoolOptions, build_pool, infer_num_classes
+from ..objectives.early_exit import ExitObjective
+from ..objectives.heads import PooledHead, make_mlp
+from ..objectives.pools import output_dim
+from .detach import detach_boundaries
+from .pooling import PoolOptions, build_pool, infer_num_classes
+from .registry import Method, register_method
+from .task import attach_task_loss
 
 __all__ = ["ExitOptions", "attach_exits"]
 
@@ -47,3 +51,13 @@ def attach_exits(program: Program, options: Any) -> None:
         spec.objective = ExitObjective(classifier, classes)
         exit_at = spec.index + 1
         program.tails[exit_at] = InferenceTail(exit_at, [(f"exit_{exit_at}", classifier)], dict(spec.objective_extras))
+
+
+register_method(
+    Method(
+        "early_exit",
+        (detach_boundaries, attach_exits, attach_task_loss),
+        ExitOptions,
+        "an auxiliary classifier per stage trained with cross-entropy (early exit)",
+    )
+)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, close_matches
-from ..ir import Program
+from ..compiler.program import Program
 
 __all__ = ["AUTO_MASK_NAME", "find_mask", "carry_value"]
 

@@ -13,12 +13,16 @@ from typing import Any
 
 from torch import nn
 
+from ..compiler.program import Program
 from ..errors import ConfigError
-from ..heads import make_projector, output_dim
-from ..ir import Program
-from ..losses import default_task_loss, logits_of
-from ..objectives import SupConObjective
-from .common import PoolOptions, build_pool
+from ..objectives.heads import make_projector
+from ..objectives.losses import default_task_loss, logits_of
+from ..objectives.pools import output_dim
+from ..objectives.supcon import SupConObjective
+from .detach import detach_boundaries
+from .pooling import PoolOptions, build_pool
+from .registry import Method, register_method
+from .task import attach_task_loss
 
 __all__ = ["SupConOptions", "attach_supcon"]
 
@@ -77,3 +81,13 @@ def _known_classes(program: Program) -> int | None:
         return None
     logits = logits_of(program.output_value())
     return int(logits.shape[1]) if logits is not None and logits.dim() == 2 else None
+
+
+register_method(
+    Method(
+        "scl",
+        (detach_boundaries, attach_supcon, attach_task_loss),
+        SupConOptions,
+        "supervised contrastive projection heads per stage (Delog-SCL / SCPL)",
+    )
+)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..compiler.program import Program
 from ..errors import ConfigError
-from ..ir import Program
-from ..losses import default_task_loss, logits_of
-from ..objectives import TaskObjective
-from ..trace import tensor_leaves
+from ..objectives.losses import default_task_loss, logits_of
+from ..objectives.task import TaskObjective
+from ..tree import tensor_leaves
 
-__all__ = ["attach_task_loss", "end_to_end"]
+__all__ = ["attach_task_loss"]
 
 
 def attach_task_loss(program: Program, options: Any) -> None:
@@ -29,8 +29,3 @@ def attach_task_loss(program: Program, options: Any) -> None:
             "... to convert() (it is called with exactly what the model returns)"
         )
     program.stages[-1].objective = TaskObjective(program.loss_fn)
-
-
-def end_to_end(program: Program, options: Any) -> None:
-    """Train with the task loss backpropagated through every stage (the bp baseline)."""
-    program.end_to_end = True

@@ -26,13 +26,13 @@ from types import TracebackType
 from typing import Any, ContextManager
 
 import torch
-import torch.utils._pytree as pytree
 
+from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
-from ..stage import Stage
+from ..tree import detach_tree
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
-from .transfer import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
+from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 
 __all__ = ["Batch", "Pipeline"]
 
@@ -132,11 +132,7 @@ class _Worker:
             self.meter.add(local.loss, *(scored or (None, 0)), event=ready)
         if self.last:
             return Batch(b, {}, None, None, batch.samples)
-        return Batch(b, _detached(next_message), _detached(carry), batch.target, batch.samples, ready)
-
-
-def _detached(value: Any) -> Any:
-    return pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, value)
+        return Batch(b, detach_tree(next_message), detach_tree(carry), batch.target, batch.samples, ready)
 
 
 def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:

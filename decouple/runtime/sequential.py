@@ -11,20 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
-from ..objectives import LocalResult
-from ..stage import Stage, StageResult
+from ..codegen.stage import Stage, StageResult
+from ..objectives.base import LocalResult
+from ..tree import move_tree
 
-__all__ = ["move", "forward_stages", "train_step"]
-
-
-def move(value: Any, device: torch.device, *, non_blocking: bool = False) -> Any:
-    """Move every tensor in ``value`` to ``device`` (a no-op for tensors already there)."""
-    return pytree.tree_map(
-        lambda x: x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) and x.device != device else x,
-        value,
-    )
+__all__ = ["forward_stages", "train_step"]
 
 
 def forward_stages(
@@ -33,8 +25,8 @@ def forward_stages(
     """Run every stage in order (with gradients as the caller's grad mode says), no backward."""
     results = []
     for stage in stages:
-        message = move(message, stage.device)
-        carry = move(carry, stage.device)
+        message = move_tree(message, stage.device)
+        carry = move_tree(carry, stage.device)
         result = stage.run(message, carry, with_objective=objectives)
         results.append(result)
         message = result.message
@@ -78,8 +70,8 @@ def train_step(
     losses: list[torch.Tensor | None] = []
     for stage in stages:
         with torch.no_grad():
-            message = move(message, stage.device)
-            carry = move(carry, stage.device)
+            message = move_tree(message, stage.device)
+            carry = move_tree(carry, stage.device)
         result = stage.run(message, carry)
         local = result.result
         if results is not None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..tree import tensor_leaves
+
 __all__ = ["StageMeter", "RunStats", "correct_predictions", "peak_memory", "reset_peak_memory", "batch_size"]
 
 
@@ -107,17 +109,11 @@ def correct_predictions(prediction: Any, target: Any) -> tuple[torch.Tensor, int
 def batch_size(args: Sequence[Any], kwargs: dict[str, Any], target: Any) -> int:
     """The leading dimension of the first tensor among the inputs (else the target), or 1."""
     for value in [*args, *kwargs.values(), target]:
-        leaves = [value] if isinstance(value, torch.Tensor) else _tensors(value)
+        leaves = tensor_leaves(value)
         for leaf in leaves:
             if leaf.dim() > 0:
                 return int(leaf.shape[0])
     return 1
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    import torch.utils._pytree as pytree
-
-    return [x for x in pytree.tree_leaves(value) if isinstance(x, torch.Tensor)]
 
 
 def reset_peak_memory(devices: Sequence[torch.device]) -> None:

@@ -1,0 +1,169 @@
+"""Pooling a stage's representation for its local head: options, representation layout, the number of classes.
+
+``stage_pool`` builds the module that turns a stage's representation into a vector for its local
+head and, for sequences, finds the attention mask it pools with (see ``passes/masks.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..compiler.program import Program
+from ..errors import ConfigError
+from ..objectives.losses import logits_of
+from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, make_pool, reads_mask
+from ..tree import first_tensor
+from .masks import carry_value, find_mask
+
+__all__ = ["PoolOptions", "StagePool", "stage_pool", "build_pool", "split_rnn", "is_channel_first", "infer_num_classes"]
+
+#: ops that keep the layout of their first input, walked through to find where a value came from
+_LAYOUT_PRESERVING = {
+    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "dropout", "add", "add_", "mul", "mul_", "contiguous",
+    "clone", "leaky_relu", "elu", "hardswish", "hardtanh", "iadd", "imul", "sub", "truediv",
+}  # fmt: skip
+_LAYOUT_PRESERVING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.Hardswish, nn.Hardtanh,
+    nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.Identity,
+)  # fmt: skip
+_CHANNEL_FIRST_FUNCTIONS = {"conv1d", "conv_transpose1d", "max_pool1d", "avg_pool1d", "adaptive_avg_pool1d", "batch_norm", "instance_norm"}
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How a stage's representation becomes the vector a local head reads.
+
+    pool: "auto" (default: feature maps are average-pooled to a small fixed grid, sequences are
+    averaged over tokens, vectors pass through), "avg", "flatten" (the papers; head size tied to
+    the example input's resolution), "mean", "first"/"cls", "last", "final_state" (a recurrent
+    layer's final hidden state, associated learning's LSTM heads), "none", or a module factory.
+    pool_size: the grid side for "avg" (default: the largest of 4, 2, 1 that keeps at most 4096
+    pooled features and fits the map).
+    mask: the (N, T) attention mask sequence pools ("mean", "last", "final_state") respect:
+    "auto" (the forward argument ``attention_mask`` when there is one), an argument or graph node
+    name, or None.
+    """
+
+    pool: str | Callable[[], nn.Module] = "auto"
+    pool_size: int | None = None
+    mask: str | None = "auto"
+
+
+@dataclass
+class StagePool:
+    """A stage's pool, its representation's example tensor, and the pool's keyword inputs.
+
+    ``extras`` maps a keyword of the pool's ``forward`` (``"mask"``) to the message value that
+    fills it; objectives receive them as ``StageSpec.objective_extras``.
+    """
+
+    pool: nn.Module
+    example: torch.Tensor
+    extras: dict[str, str]
+
+
+def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
+    """The pool for stage ``k``'s representation and, for sequences, the mask it reads.
+
+    The mask (``options.mask``) is carried in the messages up to and including the one stage ``k``
+    hands on, so objectives and inference tails after stage ``k`` find it there.
+    """
+    example = first_tensor(program.representation_value(k))
+    if options.pool_size is not None and (not isinstance(options.pool_size, int) or options.pool_size < 1):
+        raise ConfigError(f"pool_size must be a positive int, got {options.pool_size!r}")
+    rnn = split_rnn(program, k)
+    time_major = rnn is not None and not rnn.batch_first and example.dim() == 3
+    if time_major:
+        example = example.transpose(0, 1)
+    directions = 2 if rnn is not None and rnn.bidirectional else 1
+    channel_first = is_channel_first(program, k)
+    pool = make_pool(options.pool, example, channel_first=channel_first, size=options.pool_size, directions=directions)
+    if time_major:
+        pool = BatchFirst(pool)
+    extras: dict[str, str] = {}
+    if reads_mask(pool):
+        mask = find_mask(program, k, options.mask, example)
+        if mask is not None:
+            carry_value(program, mask, k)
+            extras["mask"] = mask
+    return StagePool(pool, example, extras)
+
+
+def build_pool(program: Program, k: int, options: PoolOptions) -> tuple[nn.Module, torch.Tensor]:
+    """The pool for stage ``k``'s representation, and that representation's example tensor.
+
+    Also registers the pool's keyword inputs (the attention mask) as stage ``k``'s objective
+    extras; use :func:`stage_pool` to get them without that side effect on the stage spec.
+    """
+    built = stage_pool(program, k, options)
+    program.stages[k].objective_extras.update(built.extras)
+    return built.pool, built.example
+
+
+def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
+    """The recurrent module stage ``k`` ends with, when its split names one (its layout and directions)."""
+    split = program.stages[k].plans[True].split
+    if split is None or split.kind != "module":
+        return None
+    module = program.root.get_submodule(split.spec)
+    return module if isinstance(module, nn.RNNBase) else None
+
+
+def is_channel_first(program: Program, k: int) -> bool:
+    """Whether stage ``k``'s 3-D representation is ``(N, C, L)`` (from a Conv1d-like op)."""
+    plan = program.stages[k].plans[True]
+    node = program.node(True, plan.representation)
+    for _ in range(16):  # walk back through layout-preserving ops (activations, residual adds)
+        if node.op == "call_module":
+            module = program.root.get_submodule(node.target)
+            if isinstance(module, CHANNEL_FIRST_MODULES):
+                return True
+            if not isinstance(module, _LAYOUT_PRESERVING_MODULES):
+                return False
+        elif node.op in ("call_function", "call_method"):
+            name = _name(node.target)
+            if name in _CHANNEL_FIRST_FUNCTIONS:
+                return True
+            if name not in _LAYOUT_PRESERVING:
+                return False
+        else:
+            return False
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if not inputs:
+            return False
+        node = inputs[0]
+    return False
+
+
+def _name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):  # torch.export graphs: aten.conv1d.default -> "conv1d"
+        return target._schema.name.split("::")[-1].lower()
+    name = getattr(target, "__name__", None) or str(target)
+    name = name.split(".")[-1] if "." in name and not name.startswith("aten") else name
+    if name.startswith("aten."):
+        name = name.split(".")[1]
+    return name.lower()
+
+
+def infer_num_classes(program: Program, method: str) -> int:
+    """The number of classes: the ``num_classes`` option, else the width of a ``(N, C)`` output."""
+    if program.num_classes is not None:
+        if not isinstance(program.num_classes, int) or program.num_classes < 2:
+            raise ConfigError(f"num_classes must be an int >= 2, got {program.num_classes!r}")
+        return program.num_classes
+    output = program.output_value()
+    out = logits_of(output)
+    if out is not None and out.dim() == 2 and out.shape[1] >= 2:
+        program.num_classes = int(out.shape[1])
+        return program.num_classes
+    shape = tuple(out.shape) if out is not None else type(output).__name__
+    raise ConfigError(
+        f"method {method!r} needs the number of classes, and it cannot be read from the model's output "
+        f"({shape}, expected a (batch, classes) logits tensor); pass num_classes=C to convert()"
+    )

@@ -1,0 +1,34 @@
+"""Helpers the tests share: one intra-op thread for bit-for-bit comparisons, and the gradient-isolation check."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from decouple.experiments import torch_threads
+
+
+def one_thread() -> AbstractContextManager[None]:
+    """One intra-op thread, so float sums run in one order and results compare bit for bit."""
+    return torch_threads(1)
+
+
+def assert_gradient_isolation(dm: Any, *inputs: Any, target: Any, **kw_inputs: Any) -> None:
+    """Each stage's local loss has non-zero gradient on its own parameters only (inputs by position or name)."""
+    stages = list(dm.stages)
+    owned = [
+        {id(p) for p in stage.parameters() if p.requires_grad}
+        for stage in stages
+    ]
+    params = [p for stage in stages for p in stage.parameters() if p.requires_grad]
+    losses = dm.local_losses(*inputs, target=target, **kw_inputs)
+    with_objective = [s.index for s in stages if s.objective is not None]
+    assert len(losses) == len(with_objective)
+    for k, loss in zip(with_objective, losses):
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        touched = {id(p) for p, g in zip(params, grads) if g is not None and bool(g.abs().sum() > 0)}
+        foreign = touched - owned[k]
+        assert not foreign, f"stage {k}'s loss reaches parameters of other stages"
+        assert touched & owned[k], f"stage {k}'s loss reaches none of its own parameters"
