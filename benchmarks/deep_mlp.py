@@ -39,7 +39,9 @@ def convert_deep_mlp(
     per = depth // num_stages
     splits = [f"blocks.{per * k - 1}" for k in range(1, num_stages)]
     torch.manual_seed(seed)
-    return decouple.convert(DeepMLP(width, depth), method=method, splits=splits, example_inputs=(torch.randn(2, 1, 28, 28),))
+    return decouple.convert(
+        DeepMLP(width, depth), method=method, splits=splits, example_inputs=(torch.randn(2, 1, 28, 28),)
+    )
 
 
 def mnist_batches(count: int, batch_size: int = BATCH_SIZE) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -82,7 +82,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     rows["2 ranks (gloo), 1 thread each"] = max(seconds)
 
-    print(f"deep MLP width {args.width} depth {args.depth}, 2 stages, scl, batch {BATCH_SIZE}, {args.batches} timed batches")
+    print(
+        f"deep MLP width {args.width} depth {args.depth}, 2 stages, scl, batch {BATCH_SIZE}, {args.batches} timed batches"
+    )
     base = rows["sequential, 1 thread"]
     for name, secs in rows.items():
         print(f"  {name:32s} {samples / secs:9.1f} samples/s   x{base / secs:.2f} vs sequential 1 thread")

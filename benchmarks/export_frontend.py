@@ -27,7 +27,7 @@ from torch import nn
 import decouple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from text_classification import LSTMClassifier, TransformerClassifier  # noqa: E402
+from text_classification import LSTMClassifier, TransformerClassifier
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
@@ -54,10 +54,16 @@ def cases(batch: int) -> dict[str, tuple[Callable[[], nn.Module], list[str], dic
     images = {"x": torch.randn(batch, 3, 32, 32)}
     text = _text_inputs(batch)
     return {
-        "resnet18 (32x32)": (lambda: torchvision.models.resnet18(num_classes=10), ["layer1", "layer2", "layer3"], images),
+        "resnet18 (32x32)": (
+            lambda: torchvision.models.resnet18(num_classes=10),
+            ["layer1", "layer2", "layer3"],
+            images,
+        ),
         "transformer classifier": (
-            lambda: TransformerClassifier(1000, 64, 4, 32), ["embedding", "layers.0", "layers.1"], text,
-        ),  # fmt: skip
+            lambda: TransformerClassifier(1000, 64, 4, 32),
+            ["embedding", "layers.0", "layers.1"],
+            text,
+        ),
         "bi-LSTM classifier": (lambda: LSTMClassifier(1000, 64, 64), ["embedding", "lstm1", "lstm2"], text),
     }
 
@@ -76,7 +82,9 @@ def measure(
         start = time.perf_counter()
         models[tracer] = decouple.convert(model, "scl", splits, example, tracer=tracer)
         results[tracer] = {"convert": time.perf_counter() - start}
-    steps_ = _interleaved_medians({t: (lambda dm=dm: dm.train_step(**inputs, target=y)) for t, dm in models.items()}, steps)
+    steps_ = _interleaved_medians(
+        {t: (lambda dm=dm: dm.train_step(**inputs, target=y)) for t, dm in models.items()}, steps
+    )
     infer = {t: dm.eval().inference_module() for t, dm in models.items()}
     with torch.no_grad():
         forward = _interleaved_medians({t: (lambda m=m: m(**inputs)) for t, m in infer.items()}, steps)
@@ -91,7 +99,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    print(f"batch {args.batch}, median of {args.steps} steps, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"batch {args.batch}, median of {args.steps} steps, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"{'model':<24} {'frontend':<8} {'convert s':>10} {'step ms':>9} {'infer ms':>9}")
     for name, (build, splits, inputs) in cases(args.batch).items():
         results = measure(build, splits, inputs, args.steps)

@@ -23,6 +23,7 @@ Prints images/s, ratios and the pipeline efficiency = pipe-1t / (slowest stage a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -48,7 +49,7 @@ class DeepMLP(nn.Module):
     def __init__(self, width: int, depth: int, inputs: int = 784, classes: int = 10) -> None:
         super().__init__()
         widths = [inputs] + [width] * depth
-        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths, widths[1:])])
+        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in itertools.pairwise(widths)])
         self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,9 @@ def run_stages_in_threads(args: argparse.Namespace, warm: Batches, data: Batches
 
 def _stage_process(k: int, args: argparse.Namespace, barrier: Any, out: str) -> None:
     torch.set_num_threads(1)
-    alone = StageAlone(args, make_batches(args.warmup, args.batch_size, 1), make_batches(args.batches, args.batch_size, 2), k)
+    alone = StageAlone(
+        args, make_batches(args.warmup, args.batch_size, 1), make_batches(args.batches, args.batch_size, 2), k
+    )
     alone.steps(alone.warm)
     barrier.wait()
     start = time.perf_counter()
@@ -254,7 +257,7 @@ def run_gpipe(args: argparse.Namespace) -> float | str:
             mp.spawn(_gpipe_worker, args=(args, port, out), nprocs=2, join=True)
             with open(out) as f:
                 return float(json.load(f)["seconds"])
-        except Exception as exc:  # noqa: BLE001 - report why, keep the other numbers
+        except Exception as exc:
             return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
 
 
@@ -279,8 +282,10 @@ def main() -> None:
     warm, data = make_batches(args.warmup, args.batch_size, 1), make_batches(args.batches, args.batch_size, 2)
     images = args.batches * args.batch_size
     dm = convert(args)
-    print(f"DeepMLP 784 -> {args.width} x {args.depth} -> 10, batch {args.batch_size}, {args.batches} measured batches "
-          f"x {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(
+        f"DeepMLP 784 -> {args.width} x {args.depth} -> 10, batch {args.batch_size}, {args.batches} measured batches "
+        f"x {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} CPUs"
+    )
     print(dm.balance.describe() if dm.balance else "", "| splits:", dm.balance.splits if dm.balance else "")
 
     modes: dict[str, tuple[int, Callable[[], float]]] = {
@@ -301,7 +306,9 @@ def main() -> None:
             times[name].append(run())
     torch.set_num_threads(before)
     rate = {name: images / statistics.median(t) for name, t in times.items()}
-    rate["alone x2 proc"] = images / statistics.median(run_stages_in_processes(args, dm.num_stages) for _ in range(args.rounds))
+    rate["alone x2 proc"] = images / statistics.median(
+        run_stages_in_processes(args, dm.num_stages) for _ in range(args.rounds)
+    )
     gpipe = None if args.no_gpipe else run_gpipe(args)
     if isinstance(gpipe, float):
         rate["gpipe"] = images / gpipe
@@ -314,10 +321,14 @@ def main() -> None:
         print(f"gpipe: could not run ({gpipe})")
     slowest = min(rate[f"stage {k} alone"] for k in range(dm.num_stages))
     print(f"\npipeline efficiency = pipe-1t / slowest stage alone = {rate['pipe-1t'] / slowest:.2f}")
-    print(f"pipe-1t / seq-1t = {rate['pipe-1t'] / base:.2f}  (ideal for these stages: "
-          f"{sum(1 / rate[f'stage {k} alone'] for k in range(dm.num_stages)) * slowest:.2f})")
-    print(f"every stage alone at once, as a share of the slowest stage alone: in threads "
-          f"{rate['alone x2 thr'] / slowest:.2f} (GIL, no hand-off), in processes {rate['alone x2 proc'] / slowest:.2f} (no GIL)")
+    print(
+        f"pipe-1t / seq-1t = {rate['pipe-1t'] / base:.2f}  (ideal for these stages: "
+        f"{sum(1 / rate[f'stage {k} alone'] for k in range(dm.num_stages)) * slowest:.2f})"
+    )
+    print(
+        f"every stage alone at once, as a share of the slowest stage alone: in threads "
+        f"{rate['alone x2 thr'] / slowest:.2f} (GIL, no hand-off), in processes {rate['alone x2 proc'] / slowest:.2f} (no GIL)"
+    )
     if args.timeline:
         record_timeline(args, data, args.timeline)
 

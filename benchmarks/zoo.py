@@ -40,7 +40,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModelCase", "Row", "CHECKS", "model_case", "check_method", "gradient_isolation", "all_models", "by_size", "main"]
+__all__ = [
+    "ModelCase",
+    "Row",
+    "CHECKS",
+    "model_case",
+    "check_method",
+    "gradient_isolation",
+    "all_models",
+    "by_size",
+    "main",
+]
 
 METHODS = ("scl", "al", "early_exit")
 CHECKS = ("converts", "isolation", "inference", "state_dict", "pipeline")
@@ -256,9 +266,11 @@ def _convert(model: torch.nn.Module, method: str, example: torch.Tensor) -> Any:
 
     for stages in range(STAGES, 1, -1):
         try:
-            return decouple.convert(model, method=method, splits=stages, example_inputs=(example,), num_classes=NUM_CLASSES)
+            return decouple.convert(
+                model, method=method, splits=stages, example_inputs=(example,), num_classes=NUM_CLASSES
+            )
         except decouple.SplitError as exc:
-            if stages == 2 or "split points but" not in str(exc) and "segments between" not in str(exc):
+            if stages == 2 or ("split points but" not in str(exc) and "segments between" not in str(exc)):
                 raise
     raise AssertionError("unreachable")
 
@@ -309,14 +321,20 @@ def run_model(name: str, methods: Sequence[str], *, timeout: float, threads: int
                     why = f"out of memory: needs more than the {max_gib:g} GiB limit per model here ({tail})"
         except subprocess.TimeoutExpired:
             why = f"timeout: more than {timeout:.0f} s on this machine"
-        rows = [Row(**json.loads(line)) for line in open(out.name) if line.strip()]
+        with open(out.name) as results:
+            rows = [Row(**json.loads(line)) for line in results if line.strip()]
     done = {r.method for r in rows}
     rows += [Row(name, m, error=why or "no result", failed=["converts"]) for m in methods if m not in done]
     return rows
 
 
 #: what a worker prints when it hits the memory limit (thread stacks count against it too)
-_OUT_OF_MEMORY = ("Thread creation failed", "MemoryError", "DefaultCPUAllocator: can't allocate memory", "Cannot allocate memory")
+_OUT_OF_MEMORY = (
+    "Thread creation failed",
+    "MemoryError",
+    "DefaultCPUAllocator: can't allocate memory",
+    "Cannot allocate memory",
+)
 
 
 def _signal_name(code: int) -> str:
@@ -414,7 +432,9 @@ def markdown(rows: Sequence[Row], methods: Sequence[str], command: str) -> str:
 
 # -- command line --------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="*", help="model names (default: every torchvision classifier)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=["scl", "al", "early_exit", "bp"])
     parser.add_argument("--jobs", type=int, default=1, help="models at once (each in its own process)")
@@ -423,10 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-gib", type=float, default=16.0, help="memory limit per model process (GiB)")
     parser.add_argument("--csv", default=os.path.join(HERE, "zoo.csv"))
     parser.add_argument("--md", default=os.path.join(HERE, "zoo.md"))
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the models of --csv that pass every check; run the others (missing or failing)")
-    parser.add_argument("--merge", nargs="*", metavar="CSV",
-                        help="only rewrite --csv and --md from these result files (later files win), running nothing")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the models of --csv that pass every check; run the others (missing or failing)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        metavar="CSV",
+        help="only rewrite --csv and --md from these result files (later files win), running nothing",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -439,7 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = sorted(merged.values(), key=lambda r: (r.model, METHODS.index(r.method) if r.method in METHODS else 9))
         write_csv(rows, args.csv)
         with open(args.md, "w") as f:
-            f.write(markdown(rows, [m for m in METHODS if any(r.method == m for r in rows)], "python benchmarks/zoo.py"))
+            f.write(
+                markdown(rows, [m for m in METHODS if any(r.method == m for r in rows)], "python benchmarks/zoo.py")
+            )
         return 0
     names = args.models or all_models()
     unknown = sorted(set(names) - set(all_models()))
@@ -450,7 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [r for r in rows if r.model not in failing or r.model not in names]
     done = {r.model for r in rows}
     todo = by_size([n for n in names if n not in done])  # small models first: a cut-short run covers the most
-    command = "python benchmarks/zoo.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume")
+    command = "python benchmarks/zoo.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"
+    )
     from concurrent.futures import ThreadPoolExecutor
 
     def one(name: str) -> list[Row]:

@@ -93,18 +93,38 @@ def convert(
     args, kwargs = normalize_example_inputs(example_inputs)
     root = copy.deepcopy(model) if copy_model else model
 
-    traces = trace_modes(root, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    traces = trace_modes(
+        root, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions
+    )
 
     if splits is None:
-        raise ConfigError("splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages")
+        raise ConfigError(
+            "splits is required: a list of module names to cut after (e.g. ['layer1', 'layer2']) or a number of stages"
+        )
     balanced: Balance | None = None
     if isinstance(splits, int) and not isinstance(splits, bool):
-        balanced = balance_splits(traces[True], root, splits, kind=balance_kind, method=chosen, options=opts,
-                                  loss_fn=loss_fn or default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)
+        balanced = balance_splits(
+            traces[True],
+            root,
+            splits,
+            kind=balance_kind,
+            method=chosen,
+            options=opts,
+            loss_fn=loss_fn or default_task_loss,
+            num_classes=num_classes,
+            args=args,
+            kwargs=kwargs,
+        )
         names: Sequence[str] = balanced.splits
     else:
+        if isinstance(splits, bool):
+            raise ConfigError(
+                f"splits={splits!r}: give module names to cut after, e.g. splits=['layer1'], or a number of stages"
+            )
         if balance != "flops":
-            raise ConfigError(f"balance={balance!r} chooses split points for splits=N; with explicit splits leave it out")
+            raise ConfigError(
+                f"balance={balance!r} chooses split points for splits=N; with explicit splits leave it out"
+            )
         names = splits
     partitions = {True: _partition(traces[True], names, root)}
     same = traces[False] is traces[True]

@@ -48,7 +48,7 @@ _TIME_REPEATS = 3
 def check_kind(kind: Any) -> BalanceKind:
     if kind not in BALANCE_KINDS:
         raise ConfigError(f"unknown balance {kind!r}; use one of {list(BALANCE_KINDS)} (it applies to splits=N)")
-    return kind  # type: ignore[no-any-return]
+    return kind
 
 
 def balance_splits(
@@ -108,7 +108,9 @@ def _labels(program: Program, message: dict[str, Any], device: torch.device) -> 
     return torch.arange(sizes[0] if sizes else 2, device=device) % max(classes, 2)
 
 
-def _measure(stages: list[Stage], program: Program, message: dict[str, Any], labels: torch.Tensor, kind: BalanceKind) -> list[Segment]:
+def _measure(
+    stages: list[Stage], program: Program, message: dict[str, Any], labels: torch.Tensor, kind: BalanceKind
+) -> list[Segment]:
     if kind == "params":
         return [
             Segment(None, float(count(s.module.parameters())), float(count(s.affiliated_parameters()))) for s in stages
@@ -145,7 +147,7 @@ def _run_once(
     costs = []
     for k, stage in enumerate(stages):
         message, carry = move_tree(message, stage.device), move_tree(carry, stage.device)
-        with meter() as fwd, (nullcontext() if components else torch.no_grad()):
+        with meter() as fwd, nullcontext() if components else torch.no_grad():
             next_message, output = stage(message)
         head = 0.0
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -158,7 +160,11 @@ def _run_once(
                     result.loss.backward()
             head = local.value
             carry = result.carry
-            pairs = [(o, d.grad) for o, d in zip(tensor_leaves(output), tensor_leaves(detached)) if d.grad is not None and o.requires_grad]
+            pairs = [
+                (o, d.grad)
+                for o, d in zip(tensor_leaves(output), tensor_leaves(detached))
+                if d.grad is not None and o.requires_grad
+            ]
         elif components:  # the last stage (its task loss is the same wherever the cuts fall) or no objective
             pairs = [(o, torch.ones_like(o)) for o in tensor_leaves(output) if o.requires_grad]
         with meter() as bwd:

@@ -130,7 +130,9 @@ def describe_conversion(dm: DecoupledModel) -> ConversionReport:
         if io.last:
             outputs = [Boundary.of("output", describe_value(dm.program.output_value()))]
         else:
-            outputs = [Boundary.of(name, io.shapes.get(name), carried=name not in io.outputs) for name in io.message_out]
+            outputs = [
+                Boundary.of(name, io.shapes.get(name), carried=name not in io.outputs) for name in io.message_out
+            ]
         stage_flops = sum(flops.get(name, 0) for name in plan.nodes)
         rows.append(
             StageRow(
@@ -197,7 +199,15 @@ def trace_model(
 ) -> Trace:
     """The training-mode trace of ``model`` with shapes and FLOPs, as ``convert`` makes it."""
     args, kwargs = normalize_example_inputs(example_inputs)
-    traces = trace_modes(model, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, modes=(True,))
+    traces = trace_modes(
+        model,
+        args,
+        kwargs,
+        tracer=tracer,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+        modes=(True,),
+    )
     return traces[True]
 
 

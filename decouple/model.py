@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 import torch.fx as fx
@@ -40,11 +40,14 @@ class DecoupledModel(nn.Module):
     ``stages[k].objective`` its local head and loss, ``stages[k].optimizer`` its optimizer.
     """
 
+    stages: StageList
+    program: Program  # holds the model copy; kept out of the module tree (not a submodule of its own)
+
     def __init__(self, program: Program, stages: list[Stage]) -> None:
         super().__init__()
         self.stages = StageList(stages)
         self.method = program.method
-        self.__dict__["program"] = program  # holds the model copy; not a submodule of its own
+        self.__dict__["program"] = program
         self.steps = 0
         self.balance: Balance | None = None  # how splits=N chose the splits (shares per stage)
         self._timeline: Timeline | None = None
@@ -69,7 +72,9 @@ class DecoupledModel(nn.Module):
 
         Returns ``{"stage0": loss, ...}`` for the stages with an objective (for "bp", the last).
         """
-        losses = sequential.train_step(list(self.stages), self.bind(args, kwargs), target, end_to_end=self.end_to_end, batch=self.steps)
+        losses = sequential.train_step(
+            list(self.stages), self.bind(args, kwargs), target, end_to_end=self.end_to_end, batch=self.steps
+        )
         self.steps += 1
         return {f"stage{k}": float(loss) for k, loss in enumerate(losses) if loss is not None}
 
@@ -101,7 +106,10 @@ class DecoupledModel(nn.Module):
             if device is not None:
                 value = move_tree(value, device)
             if i == 0 and tail.extras:
-                extras = {k: last.message[v] if device is None else move_tree(last.message[v], device) for k, v in tail.extras.items()}
+                extras = {
+                    k: last.message[v] if device is None else move_tree(last.message[v], device)
+                    for k, v in tail.extras.items()
+                }
                 value = module(value, **extras)
             else:
                 value = module(value)
@@ -111,13 +119,23 @@ class DecoupledModel(nn.Module):
     def _live_inference_module(self, exit: int | None = None) -> fx.GraphModule:
         return build_inference_module(self.program, list(self.stages), exit)
 
+    @overload
+    def inference_module(
+        self, *, exit: int | None = None, exit_threshold: None = None, device: str | torch.device | None = None
+    ) -> fx.GraphModule: ...
+
+    @overload
+    def inference_module(
+        self, *, exit: None = None, exit_threshold: float, device: str | torch.device | None = None
+    ) -> EarlyExitModel: ...
+
     def inference_module(
         self,
         *,
         exit: int | None = None,
         exit_threshold: float | None = None,
         device: str | torch.device | None = None,
-    ) -> nn.Module:
+    ) -> fx.GraphModule | EarlyExitModel:
         """An independent eval-mode module holding only effective parameters.
 
         By default an ``fx.GraphModule`` whose ``forward`` takes the original model's inputs and
@@ -146,7 +164,15 @@ class DecoupledModel(nn.Module):
         ios = [s.io[False] for s in stages]
         inputs = self.program.partitions[False].trace.inputs
         example = next(
-            (shape[0][0] for name, shape in ios[0].shapes.items() if name in ios[0].inputs and isinstance(shape, tuple) and shape and isinstance(shape[0], tuple) and shape[0]),
+            (
+                shape[0][0]
+                for name, shape in ios[0].shapes.items()
+                if name in ios[0].inputs
+                and isinstance(shape, tuple)
+                and shape
+                and isinstance(shape[0], tuple)
+                and shape[0]
+            ),
             None,
         )
         exits = [self.program.tails[k + 1].modules[0][1] for k in range(len(stages) - 1)]
@@ -184,7 +210,9 @@ class DecoupledModel(nn.Module):
         With ``exit_threshold`` ("early_exit"), the exit classifiers count as effective: they run
         at inference.
         """
-        live: nn.Module = self._live_exit_model(exit_threshold) if exit_threshold is not None else self._live_inference_module()
+        live: nn.Module = (
+            self._live_exit_model(exit_threshold) if exit_threshold is not None else self._live_inference_module()
+        )
         inference_ids = {id(p) for p in live.parameters()}
         rows = []
         for stage in self.stages:
@@ -194,7 +222,9 @@ class DecoupledModel(nn.Module):
             dropped = [p for p in extra if id(p) not in inference_ids]
             plan = self.program.stages[stage.index].plan
             share = self.balance.shares[stage.index] if self.balance is not None else None
-            rows.append(StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device), share))
+            rows.append(
+                StageCounts(stage.index, plan.modules, count(own + kept), count(dropped), str(stage.device), share)
+            )
         dropped_params = 0
         for plan in self.program.dropped:
             dropped_params += _plan_parameter_count(self.program, plan)
@@ -203,8 +233,10 @@ class DecoupledModel(nn.Module):
         unused = [n for n, p in self.program.root.named_parameters() if id(p) not in used]
         if unused and not self.program.dropped:
             shown = ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else "")
-            notes.append(f"{count(p for n, p in self.program.root.named_parameters() if n in unused):,} parameters "
-                         f"never run in forward and are not in the inference module ({shown})")
+            notes.append(
+                f"{count(p for n, p in self.program.root.named_parameters() if n in unused):,} parameters "
+                f"never run in forward and are not in the inference module ({shown})"
+            )
         return ParamCounts(
             method=self.method,
             stages=rows,
@@ -294,14 +326,24 @@ class DecoupledModel(nn.Module):
             raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
         from .runtime.fit import fit
 
-        return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,
-                   depth=depth, record=record)
+        return fit(
+            self,
+            loader,
+            epochs,
+            pipelined=pipelined,
+            progress=progress,
+            on_epoch_end=on_epoch_end,
+            depth=depth,
+            record=record,
+        )
 
     def timeline(self) -> Timeline:
         """The events of the last pipeline run with ``record=True``; ``.render_png(path)`` draws them."""
         timeline = self._timeline
         if timeline is None:
-            raise ConfigError("no timeline recorded yet: train with dm.fit(loader, record=True) or dm.pipeline(record=True)")
+            raise ConfigError(
+                "no timeline recorded yet: train with dm.fit(loader, record=True) or dm.pipeline(record=True)"
+            )
         return timeline
 
 

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
 
 __all__ = ["StageCounts", "ParamCounts", "count", "format_table"]
 
 
-def count(params: Iterable[nn.Parameter]) -> int:
+def count(params: Iterable[torch.Tensor]) -> int:
     """Number of elements in the unique tensors of ``params``."""
     seen: dict[int, int] = {}
     for p in params:

@@ -18,16 +18,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
-from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
 from decouple.experiments.models import ARCHITECTURES
+from decouple.experiments.results import (
+    accuracy_table,
+    parameter_table,
+    plot_curves,
+    write_epochs_csv,
+    write_summary_csv,
+)
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
 
 HEADS = ("identity", "linear", "mlp")  # the rows of the papers' table
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--heads", default=",".join(HEADS), help=f"comma-separated, from {', '.join(HEADS)} (default all)")
+    parser.add_argument(
+        "--heads", default=",".join(HEADS), help=f"comma-separated, from {', '.join(HEADS)} (default all)"
+    )
     parser.add_argument("--baseline", action="store_true", help="also train the model with bp, for reference")
     add_study_arguments(parser, archs="convnet,vgg", epochs=3, seeds=2, out="results/projection_heads")
     return parser.parse_args(argv)
@@ -55,7 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     (study.out / "tables.txt").write_text(f"{table}\n\n{params}\n")
     write_epochs_csv(results, study.out / "accuracy_per_epoch.csv")
     write_summary_csv(results, study.out / "summary.csv")
-    plot_curves(results, study.out / "accuracy_vs_epoch.png", titles=titles, title="SCL with identity, linear and MLP projection heads")
+    plot_curves(
+        results,
+        study.out / "accuracy_vs_epoch.png",
+        titles=titles,
+        title="SCL with identity, linear and MLP projection heads",
+    )
     print(f"\nwrote {study.out}/: accuracy_per_epoch.csv, summary.csv, tables.txt, accuracy_vs_epoch.png, config.json")
     return 0
 

@@ -30,15 +30,15 @@ from typing import Any
 
 import torch
 
-from decouple.model import DecoupledModel
+from decouple.experiments.models import ARCHITECTURES
 from decouple.experiments.results import accuracy_table, plot_curves, write_epochs_csv, write_summary_csv
-from decouple.runtime.batches import unpack_batch
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
+from decouple.model import DecoupledModel
 from decouple.passes import Method, register_method
 from decouple.passes.scl import SupConOptions, attach_supcon
 from decouple.passes.task import attach_task_loss
+from decouple.runtime.batches import unpack_batch
 from decouple.runtime.stats import RunStats, batch_size
-from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.experiments.models import ARCHITECTURES
 
 #: scl's heads and losses without ``detach_boundaries``: every local loss reaches the stages before it
 JOINT = register_method(Method("scl_no_detach", (attach_supcon, attach_task_loss), SupConOptions,
@@ -74,7 +74,12 @@ def joint_fit(
             samples += batch_size(args, kwargs, target)
             bar.set_postfix({f"s{k}": f"{float(loss.detach()):.3f}" for k, loss in enumerate(losses)}, refresh=False)
         bar.close()
-        stats = RunStats({f"stage{k}": s / max(batches, 1) for k, s in enumerate(sums)}, batches, samples, time.perf_counter() - start)
+        stats = RunStats(
+            {f"stage{k}": s / max(batches, 1) for k, s in enumerate(sums)},
+            batches,
+            samples,
+            time.perf_counter() - start,
+        )
         history.append(stats)
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
@@ -100,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     titles = {a: ARCHITECTURES[a].title for a in study.archs}
     table = accuracy_table(results, titles)
-    epochs = "\n".join(f"{r.arch:<9}{r.label:<22} seed {r.seed}: " + " ".join(f"{100 * a:.2f}" for a in r.test_accuracy) for r in results)
+    epochs = "\n".join(
+        f"{r.arch:<9}{r.label:<22} seed {r.seed}: " + " ".join(f"{100 * a:.2f}" for a in r.test_accuracy)
+        for r in results
+    )
     print(f"\ntest accuracy per epoch\n{epochs}\n\nafter {study.epochs} epochs\n{table}")
     (study.out / "tables.txt").write_text(f"test accuracy per epoch\n{epochs}\n\n{table}\n")
     write_epochs_csv(results, study.out / "accuracy_per_epoch.csv")

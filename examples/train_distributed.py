@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import decouple
-from decouple.experiments.datasets import mnist_loaders
 from decouple.distributed import StageTrainer, StepRecord, gather_effective_state_dict, launch
+from decouple.experiments.datasets import mnist_loaders
 
 
 class SmallCNN(nn.Module):
@@ -47,7 +47,10 @@ def accuracy(module: nn.Module, loader) -> float:
 
 def progress(record: StepRecord) -> None:
     if record.batch % 20 == 0 and record.loss is not None:
-        print(f"[stage {record.stage}] epoch {record.epoch + 1} batch {record.batch:3d}  loss {record.loss:.3f}", flush=True)
+        print(
+            f"[stage {record.stage}] epoch {record.epoch + 1} batch {record.batch:3d}  loss {record.loss:.3f}",
+            flush=True,
+        )
 
 
 def train(args: argparse.Namespace) -> None:
@@ -58,8 +61,15 @@ def train(args: argparse.Namespace) -> None:
     dm = decouple.convert(model, method=args.method, splits=world, example_inputs=(torch.randn(2, 1, 28, 28),))
     trainer = StageTrainer(dm, device=args.device)
     last = trainer.rank == world - 1
-    train_loader, test_loader = mnist_loaders(batch_size=args.batch_size, train_limit=args.train_limit, seed=args.seed) if trainer.rank == 0 else (None, None)
-    print(f"rank {trainer.rank}/{world}: stage {trainer.stage.index} holds {', '.join(dm.param_counts().stages[trainer.rank].modules)}", flush=True)
+    train_loader, test_loader = (
+        mnist_loaders(batch_size=args.batch_size, train_limit=args.train_limit, seed=args.seed)
+        if trainer.rank == 0
+        else (None, None)
+    )
+    print(
+        f"rank {trainer.rank}/{world}: stage {trainer.stage.index} holds {', '.join(dm.param_counts().stages[trainer.rank].modules)}",
+        flush=True,
+    )
 
     history = trainer.fit(train_loader, epochs=args.epochs, on_step=progress if last else None)
     trainer.save(args.checkpoint)

@@ -20,12 +20,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
 from decouple.errors import ConfigError
 from decouple.experiments import RECIPES
-from decouple.passes import METHODS
-from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
 from decouple.experiments.models import ARCHITECTURES
+from decouple.experiments.results import (
+    accuracy_table,
+    parameter_table,
+    plot_curves,
+    write_epochs_csv,
+    write_summary_csv,
+)
+from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
+from decouple.passes import METHODS
 
 METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order
 DEFAULT_OPTIONS = RECIPES  # --option al:KEY=VALUE overrides them
@@ -33,7 +39,9 @@ DEFAULT_OPTIONS = RECIPES  # --option al:KEY=VALUE overrides them
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(METHOD_ORDER), help=f"comma-separated (default {','.join(METHOD_ORDER)})")
+    parser.add_argument(
+        "--methods", default=",".join(METHOD_ORDER), help=f"comma-separated (default {','.join(METHOD_ORDER)})"
+    )
     add_study_arguments(parser, archs="convnet,vgg", epochs=3, seeds=3, out="results/vision_compare")
     return parser.parse_args(argv)
 

@@ -18,10 +18,7 @@ def one_thread() -> AbstractContextManager[None]:
 def assert_gradient_isolation(dm: Any, *inputs: Any, target: Any, **kw_inputs: Any) -> None:
     """Each stage's local loss has non-zero gradient on its own parameters only (inputs by position or name)."""
     stages = list(dm.stages)
-    owned = [
-        {id(p) for p in stage.parameters() if p.requires_grad}
-        for stage in stages
-    ]
+    owned = [{id(p) for p in stage.parameters() if p.requires_grad} for stage in stages]
     params = [p for stage in stages for p in stage.parameters() if p.requires_grad]
     losses = dm.local_losses(*inputs, target=target, **kw_inputs)
     with_objective = [s.index for s in stages if s.objective is not None]

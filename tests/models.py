@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +15,7 @@ class MLP(nn.Module):
     def __init__(self, widths: list[int], num_classes: int = 4) -> None:
         super().__init__()
         blocks = []
-        for a, b in zip(widths, widths[1:]):
+        for a, b in itertools.pairwise(widths):
             blocks.append(nn.Sequential(nn.Linear(a, b), nn.ReLU()))
         self.layers = nn.Sequential(*blocks)
         self.head = nn.Linear(widths[-1], num_classes)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import decouple
+from decouple.errors import ConfigError, InputError
 from decouple.experiments.augment import (
     Augmented,
     Compose,
@@ -20,7 +21,6 @@ from decouple.experiments.augment import (
     mnist_augment,
     two_views,
 )
-from decouple.errors import ConfigError, InputError
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -32,16 +32,24 @@ def _images(seed: int, n: int = 5, c: int = 2, h: int = 6, w: int = 7) -> torch.
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), padding=st.integers(0, 3), mode=st.sampled_from(["constant", "replicate", "reflect"]))
+@given(
+    seed=st.integers(0, 10_000), padding=st.integers(0, 3), mode=st.sampled_from(["constant", "replicate", "reflect"])
+)
 def test_random_crop_is_a_shifted_window_of_the_padded_image(seed: int, padding: int, mode: str) -> None:
     x = _images(seed)
     out = RandomCrop(padding, mode=mode, fill=0.5)(x, _generator(seed))
     assert out.shape == x.shape
     pad = (padding,) * 4
-    padded = torch.nn.functional.pad(x, pad, mode="constant", value=0.5) if mode == "constant" else torch.nn.functional.pad(x, pad, mode=mode)
+    padded = (
+        torch.nn.functional.pad(x, pad, mode="constant", value=0.5)
+        if mode == "constant"
+        else torch.nn.functional.pad(x, pad, mode=mode)
+    )
     h, w = x.shape[-2:]
     for i in range(len(x)):
-        windows = [padded[i, :, dy : dy + h, dx : dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+        windows = [
+            padded[i, :, dy : dy + h, dx : dx + w] for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+        ]
         assert any(torch.equal(out[i], win) for win in windows), f"sample {i} is not a window of its padded image"
 
 
@@ -79,7 +87,9 @@ def test_affine_rotates_and_keeps_the_background() -> None:
     assert torch.allclose(out.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)), rtol=0.35)  # the bar stays, roughly its size
 
 
-@pytest.mark.parametrize("transform", [mnist_augment(), cifar_augment(), RandomAffine(), Compose((RandomCrop(1), RandomFlip()))])
+@pytest.mark.parametrize(
+    "transform", [mnist_augment(), cifar_augment(), RandomAffine(), Compose((RandomCrop(1), RandomFlip()))]
+)
 def test_the_same_seed_gives_the_same_views(transform: Compose) -> None:
     x = _images(1, c=3, h=32, w=32)
     assert torch.equal(transform(x, _generator(7)), transform(x, _generator(7)))

@@ -8,11 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from .models import MLP, ResCNN
 
 import decouple
-from decouple.compiler.cuts import Segment, choose_cuts, stage_costs
 from decouple.compiler.candidates import candidate_splits
+from decouple.compiler.cuts import Segment, choose_cuts, stage_costs
+
+from .models import MLP, ResCNN
 
 
 def _segments(components: list[float], heads: list[float]) -> list[Segment]:
@@ -36,7 +37,9 @@ def test_chosen_cuts_minimise_the_costliest_stage(data: list[tuple[int, int]], s
         return
     cuts = choose_cuts(segments, stages)
     assert cuts == sorted(set(cuts)) and len(cuts) == stages - 1 and cuts[-1] < len(segments) - 1
-    best = min(max(stage_costs(segments, list(c))) for c in itertools.combinations(range(len(segments) - 1), stages - 1))
+    best = min(
+        max(stage_costs(segments, list(c))) for c in itertools.combinations(range(len(segments) - 1), stages - 1)
+    )
     assert max(stage_costs(segments, cuts)) == best
     costs = stage_costs(segments, cuts)
     assert sum(costs) == sum(s.component for s in segments) + sum(segments[i].head for i in cuts)
@@ -51,7 +54,7 @@ def test_heads_are_counted_in_the_stage_they_end() -> None:
     dm = decouple.convert(_deep_mlp(), splits=2, example_inputs=x)
     candidates = candidate_splits(dm.program.partitions[True].trace, dm.program.root)
     cumulative = [0.0] + [c.flops_share for c in candidates] + [1.0]
-    segments = [Segment(None, b - a, 0.0) for a, b in zip(cumulative, cumulative[1:])]  # components alone
+    segments = [Segment(None, b - a, 0.0) for a, b in itertools.pairwise(cumulative)]  # components alone
     components_only = [candidates[i].name for i in choose_cuts(segments, 2)]
     chosen = [s.spec for s in dm.program.partitions[True].splits]
     # the head at the cut (512 -> 512 -> 1024) costs about three layers: stage 0 gives some up

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import decouple
+
 from .helpers import assert_gradient_isolation
 from .models import (
     FunctionalDropout,
@@ -13,8 +16,6 @@ from .models import (
     ShapeCarrier,
     UsesTuple,
 )
-
-import decouple
 
 
 def test_long_skip_is_carried_through_every_stage() -> None:

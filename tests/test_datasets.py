@@ -104,7 +104,7 @@ def test_mnist_loaders_reject_bad_sizes(kwargs: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize("loader", [load_mnist, load_rotten_tomatoes])
-def test_bad_split_names_the_valid_splits(loader) -> None:  # noqa: ANN001
+def test_bad_split_names_the_valid_splits(loader) -> None:
     with pytest.raises(ValueError, match=r"unknown split 'valid'.*'train', 'test'"):
         loader("valid")
 

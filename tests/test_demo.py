@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import decouple
 from decouple import cli
 from decouple.experiments.demo import DemoConfig, run_demo
 
@@ -28,10 +27,14 @@ def test_demo_prints_progress_accuracies_and_parameters(capsys: pytest.CaptureFi
     assert lines[0].startswith("decouple demo: DemoCNN (") and "256 train / 100 test images" in lines[0]
     assert "2 stages (splits block1)" in lines[1] and "1 epoch," in lines[1]
     assert any(line.startswith("[1/2] scl (pipelined") for line in lines)
-    assert any(line.startswith("[2/2] bp (end to end") and "same initial weights, same batches" in line for line in lines)
+    assert any(
+        line.startswith("[2/2] bp (end to end") and "same initial weights, same batches" in line for line in lines
+    )
     assert len(re.findall(r"^  epoch 1: test accuracy \d+\.\d\d%$", out, flags=re.M)) == 2
     assert "test accuracy on 100 MNIST test images after 1 epoch:" in out
-    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (scl|bp)\s+(\d+\.\d\d)%\s+\d+\.\d s$", out, flags=re.M)}
+    rows = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"^  (scl|bp)\s+(\d+\.\d\d)%\s+\d+\.\d s$", out, flags=re.M)
+    }
     assert set(rows) == {"scl", "bp"} and all(0.0 <= v <= 100.0 for v in rows.values())
     diff = re.search(r"^  scl - bp: ([+-]\d+\.\d\d) points$", out, flags=re.M)
     assert diff is not None and float(diff.group(1)) == pytest.approx(rows["scl"] - rows["bp"], abs=0.011)
@@ -53,7 +56,9 @@ def test_demo_results_match_the_printed_model(capsys: pytest.CaptureFixture[str]
 
 
 def test_demo_is_deterministic_and_bp_alone_runs_once(capsys: pytest.CaptureFixture[str]) -> None:
-    config = DemoConfig(method="bp", epochs=1, train_limit=128, test_limit=50, batch_size=32, progress=False, augment=True)
+    config = DemoConfig(
+        method="bp", epochs=1, train_limit=128, test_limit=50, batch_size=32, progress=False, augment=True
+    )
     first, second = run_demo(config), run_demo(config)
     assert len(first) == 1 and first[0].method == "bp"
     assert first[0].test_accuracy == second[0].test_accuracy
@@ -80,10 +85,19 @@ def test_bad_demo_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_python_m_decouple_demo_help() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "decouple", "demo", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "decouple", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     for flag in ("--method", "--epochs", "--stages", "--seed", "--batch-size"):
         assert flag in result.stdout
     assert "--train-limit" not in result.stdout  # a testing flag, hidden
-    listing = subprocess.run([sys.executable, "-m", "decouple", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "decouple", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
     assert "demo" in listing.stdout

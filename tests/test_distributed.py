@@ -23,8 +23,6 @@ import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from .helpers import one_thread
-from .models import MLP, ResCNN
 
 import decouple
 from decouple.distributed import (
@@ -35,8 +33,11 @@ from decouple.distributed import (
     launch,
     merge_checkpoints,
 )
-from decouple.runtime.distributed.rank_loop import StageRunner
 from decouple.runtime.distributed.links import Kind, Link
+from decouple.runtime.distributed.rank_loop import StageRunner
+
+from .helpers import one_thread
+from .models import MLP, ResCNN
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -137,14 +138,18 @@ def test_ranks_equal_sequential_training(splits: tuple[str, ...]) -> None:
     dm = mlp_dm(splits)
     logs = run_as_threads(dm, data, epochs=2)
     assert_same_state(dm, reference)
-    assert [log.batches for log in logs] == [2 * len(data)] * len(splits + ("",))
+    assert [log.batches for log in logs] == [2 * len(data)] * len((*splits, ""))
     assert all(len(log.epoch_losses) == 2 for log in logs)
 
 
 def test_long_skip_and_batch_norm_equal_sequential_training() -> None:
     def convert() -> decouple.DecoupledModel:
         torch.manual_seed(0)
-        return decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),))
+        return decouple.convert(
+            ResCNN(channels=4, blocks=2, num_classes=3),
+            splits=["blocks.0", "blocks.1"],
+            example_inputs=(torch.randn(2, 3, 8, 8),),
+        )
 
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(s, 3, 8, 8, generator=g), torch.arange(s) % 3) for s in (6, 6, 4)]
@@ -242,14 +247,19 @@ def test_unchanged_header_is_not_sent_again(link_pair: tuple[Link, Link], monkey
 @pytest.fixture
 def single_rank_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=30)
+    )
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def test_world_size_must_equal_the_number_of_stages(single_rank_world: None) -> None:
-    with pytest.raises(decouple.ConfigError, match=r"the model has 2 stages but the process group has 1 rank; run one rank per stage \(torchrun --nproc-per-node 2.*splits=1"):
+    with pytest.raises(
+        decouple.ConfigError,
+        match=r"the model has 2 stages but the process group has 1 rank; run one rank per stage \(torchrun --nproc-per-node 2.*splits=1",
+    ):
         StageTrainer(mlp_dm())
 
 
@@ -276,8 +286,17 @@ def test_bad_batches_are_rejected() -> None:
 def test_stage_checkpoints_that_do_not_fit_together_are_rejected(tmp_path: Any) -> None:
     def stage_file(stage: int, fingerprint: str, steps: int = 3) -> None:
         torch.save(
-            {"format": "decouple-stage/1", "method": "scl", "fingerprint": fingerprint, "stage": stage, "num_stages": 3,
-             "steps": steps, "module": {}, "objective": {}, "optimizer": None},
+            {
+                "format": "decouple-stage/1",
+                "method": "scl",
+                "fingerprint": fingerprint,
+                "stage": stage,
+                "num_stages": 3,
+                "steps": steps,
+                "module": {},
+                "objective": {},
+                "optimizer": None,
+            },
             checkpoint_path(tmp_path, stage),
         )
 
@@ -366,7 +385,11 @@ def test_gathered_weights_load_into_the_original_class(two_rank_run: dict[str, A
 def test_fit_processes_trains_the_model_in_place() -> None:
     def convert() -> decouple.DecoupledModel:
         torch.manual_seed(0)
-        return decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),))
+        return decouple.convert(
+            ResCNN(channels=4, blocks=2, num_classes=3),
+            splits=["blocks.0", "blocks.1"],
+            example_inputs=(torch.randn(2, 3, 8, 8),),
+        )
 
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(s, 3, 8, 8, generator=g), torch.arange(s) % 3) for s in (6, 6, 4)]
@@ -413,7 +436,9 @@ def failing_rank(fail_rank: int, at_batch: int, how: str, data: list[Any]) -> No
 @pytest.mark.parametrize("fail_rank", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_rank_that_raises_stops_every_rank(fail_rank: int) -> None:
     start = time.monotonic()
-    with pytest.raises(decouple.StageError, match=f"stage {fail_rank} failed on batch 2 of epoch 0: RuntimeError: injected failure") as info:
+    with pytest.raises(
+        decouple.StageError, match=f"stage {fail_rank} failed on batch 2 of epoch 0: RuntimeError: injected failure"
+    ) as info:
         launch(failing_rank, 3, fail_rank, 2, "raise", batches(n=20), threads=1, timeout=60, grace=30)
     assert time.monotonic() - start < 60  # the others stop on their own, well before the grace period ends
     assert info.value.stage == fail_rank and info.value.batch == 2
@@ -432,7 +457,10 @@ def mismatched_rank() -> None:
 
 @pytest.mark.timeout(120)
 def test_ranks_with_different_conversions_are_named() -> None:
-    with pytest.raises(decouple.ConfigError, match=r"the ranks converted different models \(rank 0: fingerprint \w+ \(method 'scl', 2 stages\); rank 1: fingerprint \w+") as info:
+    with pytest.raises(
+        decouple.ConfigError,
+        match=r"the ranks converted different models \(rank 0: fingerprint \w+ \(method 'scl', 2 stages\); rank 1: fingerprint \w+",
+    ) as info:
         launch(mismatched_rank, 2, threads=1, timeout=60)
     assert info.value.__cause__.exitcodes == {0: 1, 1: 1}
 
@@ -465,7 +493,13 @@ def test_the_example_trains_two_ranks_and_evaluates(tmp_path: Any) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     args = ["--nprocs", "2", "--train-limit", "512", "--checkpoint", str(tmp_path)]
-    done = subprocess.run([sys.executable, str(root / "examples" / "train_distributed.py"), *args], capture_output=True, text=True, env=env, timeout=280)
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "train_distributed.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stderr
     assert "test accuracy of SmallCNN with the trained weights" in done.stdout
     assert sorted(p.name for p in tmp_path.glob("stage*.pt")) == ["stage0.pt", "stage1.pt"]

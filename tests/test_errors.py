@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from .models import MLP, DataDependent, ParamOnlyValue, Reused, SideBranch, Tied
 
 import decouple
 from decouple import ConfigError, InputError, SplitError, TargetError, TiedParameterError, TraceError
+
+from .models import MLP, DataDependent, ParamOnlyValue, Reused, SideBranch, Tied
 
 X32 = (torch.randn(2, 3, 32, 32),)
 
@@ -56,7 +57,9 @@ def test_reused_module_across_stages_is_a_tied_parameter() -> None:
 
 def test_tied_weights_name_both_stages() -> None:
     ids = torch.randint(0, 10, (2, 5))
-    with pytest.raises(TiedParameterError, match=r"'embed.weight' \(also registered as 'lm.weight'\).*stage 0.*stage 1.*untie"):
+    with pytest.raises(
+        TiedParameterError, match=r"'embed.weight' \(also registered as 'lm.weight'\).*stage 0.*stage 1.*untie"
+    ):
         decouple.convert(Tied(), splits=["mid"], example_inputs=(ids,), loss_fn=lambda o, t: o.sum())
 
 
@@ -105,11 +108,15 @@ def test_cuda_device_without_cuda_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="not available here"):
-        decouple.convert(MLP([4, 6, 4]), splits=["layers.0"], example_inputs=(torch.randn(2, 4),), devices=["cpu", "cuda:0"])
+        decouple.convert(
+            MLP([4, 6, 4]), splits=["layers.0"], example_inputs=(torch.randn(2, 4),), devices=["cpu", "cuda:0"]
+        )
 
 
 def test_untraceable_model_explains_the_fix() -> None:
-    with pytest.raises(TraceError, match=r"(?s)could not trace DataDependent.*if h.sum\(\) > 0.*leaf_modules.*tracer='export'"):
+    with pytest.raises(
+        TraceError, match=r"(?s)could not trace DataDependent.*if h.sum\(\) > 0.*leaf_modules.*tracer='export'"
+    ):
         decouple.convert(DataDependent(), splits=["a"], example_inputs=(torch.randn(2, 4),), tracer="fx")
 
 
@@ -125,7 +132,9 @@ def test_leaf_modules_make_a_construct_opaque() -> None:
 
     with pytest.raises(TraceError, match=r"(?s)while tracing module 'body'.*leaf_modules=\['body'\]"):
         decouple.convert(Wrapper(), splits=["first"], example_inputs=(torch.randn(2, 4),), tracer="fx")
-    dm = decouple.convert(Wrapper(), splits=["first"], example_inputs=(torch.randn(2, 4),), tracer="fx", leaf_modules=["body"])
+    dm = decouple.convert(
+        Wrapper(), splits=["first"], example_inputs=(torch.randn(2, 4),), tracer="fx", leaf_modules=["body"]
+    )
     assert "self.body(" in dm.stages[1].module.code
 
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import decouple
-from .helpers import assert_gradient_isolation
-from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, read_epochs_csv, write_epochs_csv
 from decouple.errors import ConfigError
 from decouple.experiments import RunResult, evaluate, train_and_evaluate
 from decouple.experiments.image_data import image_data
 from decouple.experiments.models import ARCHITECTURES, get_architecture
+from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, read_epochs_csv, write_epochs_csv
+
+from .helpers import assert_gradient_isolation
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--train-limit", "96", "--test-limit", "64", "--batch-size", "32", "--no-progress"]
@@ -76,13 +77,18 @@ def test_architecture_errors_name_the_fix() -> None:
 
 def write_fake_cifar(root: Path, name: str, per_file: int = 60) -> None:
     """Tiny files in torchvision's CIFAR layout (random images, labels cycling over the classes)."""
-    cls = __import__("torchvision").datasets.CIFAR10 if name == "cifar10" else __import__("torchvision").datasets.CIFAR100
+    cls = (
+        __import__("torchvision").datasets.CIFAR10 if name == "cifar10" else __import__("torchvision").datasets.CIFAR100
+    )
     folder = root / cls.base_folder
     folder.mkdir(parents=True)
     classes = 10 if name == "cifar10" else 100
     rng = np.random.default_rng(0)
     for filename, _ in cls.train_list + cls.test_list:
-        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), "labels": [i % classes for i in range(per_file)]}
+        entry = {
+            "data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            "labels": [i % classes for i in range(per_file)],
+        }
         (folder / filename).write_bytes(pickle.dumps(entry))
     (folder / cls.meta["filename"]).write_bytes(pickle.dumps({cls.meta["key"]: [f"class{i}" for i in range(classes)]}))
 
@@ -150,7 +156,9 @@ def test_run_on_real_data_writes_csv_and_figure(tmp_path: Path) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model itself is not trained"
     assert len(result.test_accuracy) == 2 and len(result.losses) == 2 and set(result.losses[0]) == {"stage0", "stage1"}
     assert result.test_accuracy[-1] == evaluate(dm.inference_module(), data.test)
-    assert [group["lr"] for group in dm.stages[0].optimizer.param_groups] == [0.0]  # cosine annealed to 0 after the last epoch
+    assert [group["lr"] for group in dm.stages[0].optimizer.param_groups] == [
+        0.0
+    ]  # cosine annealed to 0 after the last epoch
     rows = read_csv(write_epochs_csv([result], tmp_path / "epochs.csv"))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["test_accuracy"] == f"{result.final:.4f}"
     assert "stage0=" in rows[0]["local_losses"]
@@ -180,7 +188,9 @@ def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pyt
     methods = ["bp", "early_exit", "al", "scl"]
     out_dir = tmp_path / "out"
     threads = torch.get_num_threads()
-    code = load_example("vision_compare").main(["--archs", "convnet", "--methods", ",".join(methods), "--seeds", "2", "--out", str(out_dir), *TINY])
+    code = load_example("vision_compare").main(
+        ["--archs", "convnet", "--methods", ",".join(methods), "--seeds", "2", "--out", str(out_dir), *TINY]
+    )
     assert code == 0
     assert torch.get_num_threads() == threads, "the runs restore torch's thread count"
     printed = capsys.readouterr().out
@@ -190,14 +200,35 @@ def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pyt
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("0", "1"))
     summary = {r["method"]: r for r in read_csv(out_dir / "summary.csv")}
     assert summary["bp"]["training_params"] == summary["bp"]["inference_params"]
-    assert int(summary["scl"]["training_params"]) > int(summary["scl"]["inference_params"]) == int(summary["bp"]["inference_params"])
+    assert (
+        int(summary["scl"]["training_params"])
+        > int(summary["scl"]["inference_params"])
+        == int(summary["bp"]["inference_params"])
+    )
     assert "Vanilla ConvNet" in printed and "±" in printed and "training" in printed
 
 
 def test_vision_compare_is_deterministic_with_seed(tmp_path: Path) -> None:
     example = load_example("vision_compare")
     for run in ("a", "b"):
-        assert example.main(["--archs", "demo", "--methods", "scl", "--seeds", "1", "--seed", "3", "--out", str(tmp_path / run), *TINY]) == 0
+        assert (
+            example.main(
+                [
+                    "--archs",
+                    "demo",
+                    "--methods",
+                    "scl",
+                    "--seeds",
+                    "1",
+                    "--seed",
+                    "3",
+                    "--out",
+                    str(tmp_path / run),
+                    *TINY,
+                ]
+            )
+            == 0
+        )
     first, second = (read_csv(tmp_path / run / "accuracy_per_epoch.csv") for run in ("a", "b"))
     assert first == second
 
@@ -218,7 +249,24 @@ def test_vision_compare_refuses_cuda_without_cuda(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_vision_compare_on_cuda(tmp_path: Path) -> None:
-    assert load_example("vision_compare").main(["--device", "cuda", "--archs", "convnet", "--methods", "bp,scl", "--seeds", "1", "--out", str(tmp_path), *TINY]) == 0
+    assert (
+        load_example("vision_compare").main(
+            [
+                "--device",
+                "cuda",
+                "--archs",
+                "convnet",
+                "--methods",
+                "bp,scl",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path),
+                *TINY,
+            ]
+        )
+        == 0
+    )
 
 
 def test_short_vs_long_flows_trains_all_three_flows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,7 +281,12 @@ def test_short_vs_long_flows_trains_all_three_flows(tmp_path: Path, capsys: pyte
 def test_the_no_detach_variant_has_one_long_flow_per_loss() -> None:
     example = load_example("short_vs_long_flows")
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
-    joint = decouple.convert(get_architecture("convnet").build(1, 10, 28, width=4), example.JOINT.name, ["block1", "block2"], example_inputs=(x,))
+    joint = decouple.convert(
+        get_architecture("convnet").build(1, 10, 28, width=4),
+        example.JOINT.name,
+        ["block1", "block2"],
+        example_inputs=(x,),
+    )
     losses = joint.local_losses(x, target=y)
     first = list(joint.stages[0].module.parameters())
     grads = torch.autograd.grad(losses[-1], first, allow_unused=True)
@@ -244,11 +297,18 @@ def test_the_no_detach_variant_has_one_long_flow_per_loss() -> None:
 
 
 def test_projection_heads_compares_identity_linear_mlp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert load_example("projection_heads").main(["--archs", "convnet", "--seeds", "1", "--baseline", "--out", str(tmp_path), *TINY]) == 0
+    assert (
+        load_example("projection_heads").main(
+            ["--archs", "convnet", "--seeds", "1", "--baseline", "--out", str(tmp_path), *TINY]
+        )
+        == 0
+    )
     summary = {r["label"]: r for r in read_csv(tmp_path / "summary.csv")}
     assert list(summary) == ["scl, identity head", "scl, linear head", "scl, mlp head", "bp"]
     training = [int(summary[f"scl, {h} head"]["training_params"]) for h in ("identity", "linear", "mlp")]
-    assert training[0] == int(summary["bp"]["training_params"]) < training[1] < training[2]  # identity heads have no parameters
+    assert (
+        training[0] == int(summary["bp"]["training_params"]) < training[1] < training[2]
+    )  # identity heads have no parameters
     assert len({r["inference_params"] for r in summary.values()}) == 1
     assert "scl, mlp head" in capsys.readouterr().out
 
@@ -261,5 +321,7 @@ def test_example_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="METHOD:KEY=VALUE"):
         load_example("vision_compare").main(["--option", "temperature=0.5", "--out", str(tmp_path), *TINY])
     with pytest.raises(ConfigError, match="--width"):
-        load_example("vision_compare").main(["--width", "wide", "--archs", "convnet", "--methods", "bp", "--seeds", "1", "--out", str(tmp_path), *TINY])
+        load_example("vision_compare").main(
+            ["--width", "wide", "--archs", "convnet", "--methods", "bp", "--seeds", "1", "--out", str(tmp_path), *TINY]
+        )
     assert sys.modules.get("decouple") is decouple

@@ -9,17 +9,24 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from .helpers import assert_gradient_isolation
-from .models import InplaceAfterCut, ResCNN
-from .text_models import (
-    HF_CASES, TEXT_CASES, BiLSTMClassifier, TinyGPT, TransformerClassifier, hf_bert, hf_gpt2_lm, token_batch,
-)  # fmt: skip
 from torch import nn
 
 import decouple
-from decouple.objectives.pools import FinalState, TokenMean, TokenSelect, last_valid_index
 from decouple.objectives.losses import logits_of
+from decouple.objectives.pools import FinalState, TokenMean, TokenSelect, last_valid_index
 
+from .helpers import assert_gradient_isolation
+from .models import InplaceAfterCut, ResCNN
+from .text_models import (
+    HF_CASES,
+    TEXT_CASES,
+    BiLSTMClassifier,
+    TinyGPT,
+    TransformerClassifier,
+    hf_bert,
+    hf_gpt2_lm,
+    token_batch,
+)  # fmt: skip
 
 #: projection heads sized for the tiny test models (the default 512-1024 MLP dominates their cost)
 SMALL_HEAD = (32, 32)
@@ -80,7 +87,9 @@ def _check_model(case: Any, dm: decouple.DecoupledModel, classes: int) -> None:
 def test_hugging_face_model_converts_through_export(name: str) -> None:
     case = HF_CASES[name]
     with pytest.warns(decouple.TracerFallbackWarning, match="using torch.export"):
-        dm = _CONVERTED[name, "auto"] = decouple.convert(case.build(), "scl", case.splits, case.inputs(2), head_dims=SMALL_HEAD)
+        dm = _CONVERTED[name, "auto"] = decouple.convert(
+            case.build(), "scl", case.splits, case.inputs(2), head_dims=SMALL_HEAD
+        )
     part = dm.program.partitions[True]
     assert part.trace.frontend == "export"
     assert [s.spec for s in part.splits] == case.splits  # split names are module qualified names
@@ -136,7 +145,9 @@ def test_export_unpacks_nested_inputs_and_returns_the_model_structure() -> None:
     model = NestedInOut()
     x, y = torch.randn(6, 4), _labels(6)
     pair = (torch.randn(6, 4), torch.randn(6, 4))
-    dm = decouple.convert(model, "scl", ["a"], (x[:2], (pair[0][:2], pair[1][:2])), tracer="export", head_dims=SMALL_HEAD)
+    dm = decouple.convert(
+        model, "scl", ["a"], (x[:2], (pair[0][:2], pair[1][:2])), tracer="export", head_dims=SMALL_HEAD
+    )
     tr = dm.program.partitions[True].trace
     assert [n.target for n in tr.graph.nodes if n.op == "placeholder"] == ["x", "pair"]
     dm.train_step(x, pair, target=y)  # the default task loss reads the "logits" entry
@@ -263,8 +274,9 @@ def test_no_device_constants_remain_in_export_graphs(name: str) -> None:
     dm = _converted(name)
     for part in {id(p): p for p in dm.program.partitions.values()}.values():
         for node in part.trace.graph.nodes:
-            found: list[torch.device] = []
-            fx.node.map_aggregate((node.args, node.kwargs), lambda a: found.append(a) if isinstance(a, torch.device) else a)
+            leaves: list[object] = []
+            fx.node.map_aggregate((node.args, node.kwargs), leaves.append)
+            found = [a for a in leaves if isinstance(a, torch.device)]
             assert not found, f"{node.name} pins device {found}"
 
 
@@ -352,7 +364,7 @@ def test_final_state_on_a_time_major_lstm() -> None:
             self.head = nn.Linear(8, 2)
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            out, (h, _) = self.lstm(self.embedding(ids).transpose(0, 1))
+            _, (h, _) = self.lstm(self.embedding(ids).transpose(0, 1))
             return self.head(torch.cat([h[-2], h[-1]], dim=1))
 
     ids = torch.randint(0, 20, (6, 5))
@@ -374,14 +386,18 @@ def _lm_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("tracer", ["fx", "export"])
 def test_tied_embedding_and_lm_head_name_both_parameters(tracer: str) -> None:
     ids = token_batch(2)["input_ids"]
-    with pytest.raises(decouple.TiedParameterError, match=r"'(wte|lm_head)\.weight' \(also registered as '(lm_head|wte)\.weight'\)"):
+    with pytest.raises(
+        decouple.TiedParameterError, match=r"'(wte|lm_head)\.weight' \(also registered as '(lm_head|wte)\.weight'\)"
+    ):
         decouple.convert(TinyGPT(64), "scl", ["blocks.0"], (ids,), tracer=tracer, loss_fn=_lm_loss, num_classes=64)
 
 
 def test_tied_gpt2_lm_head_raises_with_both_names() -> None:
     ids = token_batch(2)["input_ids"]
     with pytest.raises(decouple.TiedParameterError, match="transformer.wte.weight") as info:
-        decouple.convert(hf_gpt2_lm(), "scl", ["transformer.h.0"], {"input_ids": ids}, loss_fn=_lm_loss, tracer="export")
+        decouple.convert(
+            hf_gpt2_lm(), "scl", ["transformer.h.0"], {"input_ids": ids}, loss_fn=_lm_loss, tracer="export"
+        )
     assert "lm_head.weight" in str(info.value)
 
 
@@ -490,7 +506,9 @@ def test_masks_do_not_hide_layer_boundaries_from_candidates() -> None:
     gpt2 = _converted("gpt2")
     names = {c.name for c in candidate_splits(gpt2.program.partitions[True].trace, gpt2.program.root)}
     assert {"transformer.h.0", "transformer.h.1", "transformer.h.2"} <= names  # the causal mask crosses them all
-    dm = decouple.convert(TransformerClassifier(40), "scl", 4, TEXT_CASES["transformer"].inputs(2), head_dims=SMALL_HEAD)
+    dm = decouple.convert(
+        TransformerClassifier(40), "scl", 4, TEXT_CASES["transformer"].inputs(2), head_dims=SMALL_HEAD
+    )
     part = dm.program.partitions[True]
     assert dm.num_stages == 4
     assert all(s.spec.startswith(("embedding", "layers.")) for s in part.splits)

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from .cli_models import NumpyNet, TiedPair, tiny_net
-from .models import FunctionalDropout, ResCNN
 from torch import nn
 
 import decouple
 from decouple.errors import ExportError
+
+from .cli_models import NumpyNet, TiedPair, tiny_net
+from .models import FunctionalDropout, ResCNN
 
 _names = itertools.count()
 
@@ -54,12 +55,19 @@ def assert_stages_reproduced(dm: Any, folder: Path, x: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("factory", "splits", "shape", "options"),
     [
-        (lambda: ResCNN(channels=4, blocks=3), ["blocks.0", "blocks.1"], (4, 3, 8, 8), {}),  # a long skip crosses both cuts
+        (
+            lambda: ResCNN(channels=4, blocks=3),
+            ["blocks.0", "blocks.1"],
+            (4, 3, 8, 8),
+            {},
+        ),  # a long skip crosses both cuts
         (FunctionalDropout, ["a", "b"], (4, 10), {}),  # train and eval graphs differ
         (lambda: tiny_net(num_classes=3), ["stem", "blocks.0"], (4, 3, 8, 8), {"leaf_modules": ["blocks.1"]}),
     ],
 )
-def test_exported_stages_reproduce_the_generated_ones(factory: Any, splits: list[str], shape: tuple[int, ...], options: dict[str, Any], tmp_path: Path) -> None:
+def test_exported_stages_reproduce_the_generated_ones(
+    factory: Any, splits: list[str], shape: tuple[int, ...], options: dict[str, Any], tmp_path: Path
+) -> None:
     x = torch.randn(*shape)
     dm = decouple.convert(factory(), splits=splits, example_inputs=(x,), **options)
     result = decouple.export_source(dm, tmp_path, example_inputs=(x,))
@@ -148,7 +156,9 @@ def test_library_functions_the_graph_calls_are_carried(tmp_path: Path) -> None:
     dm = decouple.convert(WithStochasticDepth(), splits=["a"], example_inputs=(x,))
     decouple.export_source(dm, tmp_path, example_inputs=(x,))
     code = (tmp_path / "stage1.py").read_text()
-    assert "def stochastic_depth(" in code and "torchvision" not in "".join(line for line in code.splitlines() if "import" in line)
+    assert "def stochastic_depth(" in code and "torchvision" not in "".join(
+        line for line in code.splitlines() if "import" in line
+    )
     assert_stages_reproduced(dm, tmp_path, x)
 
 

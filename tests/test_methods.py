@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from .helpers import assert_gradient_isolation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from .models import MLP, ResCNN, ShapeCarrier
 
 import decouple
 from decouple import ConfigError
+
+from .helpers import assert_gradient_isolation
+from .models import MLP, ResCNN, ShapeCarrier
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -80,9 +81,11 @@ def test_backprop_equals_plain_pytorch_training() -> None:
     model = ResCNN(channels=4, blocks=2, num_classes=3)
     reference = ResCNN(channels=4, blocks=2, num_classes=3)
     reference.load_state_dict(model.state_dict())
-    dm = decouple.convert(model, method="bp", splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),))
+    dm = decouple.convert(
+        model, method="bp", splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),)
+    )
     opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
-    for step in range(4):
+    for _step in range(4):
         x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 3, (6,))
         loss = F.cross_entropy(reference(x), y)
         opt.zero_grad()
@@ -128,14 +131,18 @@ def test_al_options_shape_the_target_path() -> None:
 
 def test_al_carries_a_detached_label_embedding() -> None:
     x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
-    dm = decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method="al", splits=["blocks.0", "blocks.1"], example_inputs=(x,))
+    dm = decouple.convert(
+        ResCNN(channels=4, blocks=2, num_classes=3), method="al", splits=["blocks.0", "blocks.1"], example_inputs=(x,)
+    )
     result = dm.stages[0].run({"x": x}, y)
     assert result.result.carry.shape == (6, 128) and not result.result.carry.requires_grad
 
 
 def test_al_reports_the_replaced_head() -> None:
     model = ResCNN(channels=4, blocks=2, num_classes=3)
-    dm = decouple.convert(model, method="al", splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),))
+    dm = decouple.convert(
+        model, method="al", splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),)
+    )
     counts = dm.param_counts()
     fc = sum(p.numel() for p in model.fc.parameters())
     assert counts.dropped >= fc
@@ -195,7 +202,9 @@ def test_methods_need_the_number_of_classes() -> None:
     for method in ("al", "early_exit"):
         with pytest.raises(ConfigError, match=r"pass num_classes=C"):
             decouple.convert(Pairs(), method=method, splits=["a"], example_inputs=(x,), loss_fn=lambda o, t: o.sum())
-        dm = decouple.convert(Pairs(), method=method, splits=["a"], example_inputs=(x,), num_classes=5, loss_fn=lambda o, t: o.sum())
+        dm = decouple.convert(
+            Pairs(), method=method, splits=["a"], example_inputs=(x,), num_classes=5, loss_fn=lambda o, t: o.sum()
+        )
         assert dm.num_stages == (1 if method == "al" else 2)
 
 
@@ -206,7 +215,9 @@ def test_exit_errors() -> None:
         scl.inference_module(exit=1)
     with pytest.raises(ConfigError, match="exit_threshold needs exit classifiers"):
         scl.inference_module(exit_threshold=0.5)
-    ee = decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method="early_exit", splits=["blocks.0"], example_inputs=(x,))
+    ee = decouple.convert(
+        ResCNN(channels=4, blocks=2, num_classes=3), method="early_exit", splits=["blocks.0"], example_inputs=(x,)
+    )
     with pytest.raises(ConfigError, match=r"valid exits are \[1\]"):
         ee.inference_module(exit=3)
     with pytest.raises(ConfigError, match=r"in \[0, 1\]"):

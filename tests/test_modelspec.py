@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from decouple.errors import ConfigError
 from decouple.cli.model_spec import SCHEMES, Scheme, accepts_keyword, build_model, parse_model_spec, register_scheme
+from decouple.errors import ConfigError
 
 
 @pytest.mark.parametrize(

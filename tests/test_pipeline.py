@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -11,11 +12,12 @@ import torch
 import torch.utils._pytree as pytree
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from .helpers import one_thread
-from .models import MLP, ResCNN
 
 import decouple
 from decouple.runtime.schedule import clock_cycles, dependencies, ideal_ticks, schedule_violations
+
+from .helpers import one_thread
+from .models import MLP, ResCNN
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -23,13 +25,20 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 def _cnn(method: str = "scl", seed: int = 0, **kw: Any) -> decouple.DecoupledModel:
     torch.manual_seed(seed)
     model = ResCNN(channels=4, blocks=2, num_classes=3)
-    return decouple.convert(model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),), **kw)
+    return decouple.convert(
+        model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),), **kw
+    )
 
 
 def _mlp(method: str = "scl", seed: int = 0, **kw: Any) -> decouple.DecoupledModel:
     torch.manual_seed(seed)
-    return decouple.convert(MLP([10, 16, 16, 16], num_classes=4), method=method, splits=["layers.0", "layers.1"],
-                            example_inputs=(torch.randn(2, 10),), **kw)
+    return decouple.convert(
+        MLP([10, 16, 16, 16], num_classes=4),
+        method=method,
+        splits=["layers.0", "layers.1"],
+        example_inputs=(torch.randn(2, 10),),
+        **kw,
+    )
 
 
 def _images(sizes: list[int], classes: int = 3) -> Batches:
@@ -74,7 +83,9 @@ def _decouple_threads() -> list[threading.Thread]:
 
 # -- the correctness invariant ---------------------------------------------------------------
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("make, data", [(_cnn, _images([6, 6, 6, 6, 6, 3])), (_mlp, _vectors([8, 8, 8, 8, 5]))], ids=["rescnn", "mlp"])
+@pytest.mark.parametrize(
+    "make, data", [(_cnn, _images([6, 6, 6, 6, 6, 3])), (_mlp, _vectors([8, 8, 8, 8, 5]))], ids=["rescnn", "mlp"]
+)
 def test_pipeline_equals_sequential_training(make: Callable[..., decouple.DecoupledModel], data: Batches) -> None:
     with one_thread():
         reference = make()
@@ -178,11 +189,11 @@ def _fail_at(dm: decouple.DecoupledModel, stage: int, batch: int, exc: BaseExcep
 def test_a_failing_stage_stops_every_worker_and_names_stage_and_batch(stage: int, batch: int) -> None:
     dm = _cnn()
     _fail_at(dm, stage, batch, RuntimeError("boom"))
-    with pytest.raises(decouple.StageError, match=rf"stage {stage} .*batch {batch}: RuntimeError: boom") as info:
-        with dm.pipeline(depth=1) as pipe:
-            for x, y in _images([4] * 12):
-                pipe.submit(x, target=y)
-            pipe.drain()
+    failure = pytest.raises(decouple.StageError, match=rf"stage {stage} .*batch {batch}: RuntimeError: boom")
+    with failure as info, dm.pipeline(depth=1) as pipe:
+        for x, y in _images([4] * 12):
+            pipe.submit(x, target=y)
+        pipe.drain()
     assert (info.value.stage, info.value.batch) == (stage, batch)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert not _decouple_threads()
@@ -192,7 +203,7 @@ def test_a_failing_stage_stops_every_worker_and_names_stage_and_batch(stage: int
 @pytest.mark.timeout(60)
 def test_a_bad_batch_fails_in_the_stage_and_the_caller_sees_it() -> None:
     dm = _mlp()
-    data = _vectors([4, 4]) + [(torch.randn(4, 10), torch.tensor([0, 1, 9, 2]))]  # class 9 of 4
+    data = [*_vectors([4, 4]), (torch.randn(4, 10), torch.tensor([0, 1, 9, 2]))]  # class 9 of 4
     with pytest.raises(decouple.StageError) as info:
         _pipelined(dm, data)
     assert info.value.batch == 2
@@ -207,7 +218,7 @@ def _nan_on_class_3(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @pytest.mark.timeout(60)
 def test_a_nan_loss_stops_the_pipeline() -> None:
     dm = _mlp(loss_fn=_nan_on_class_3)
-    data = _vectors([4, 4]) + [(torch.randn(4, 10), torch.full((4,), 3))]
+    data = [*_vectors([4, 4]), (torch.randn(4, 10), torch.full((4,), 3))]
     with pytest.raises(decouple.StageError, match="stage 2 .*batch 2: StageError: stage 2: local loss is nan") as info:
         _pipelined(dm, data)
     assert info.value.stage == 2 and not _decouple_threads()
@@ -216,7 +227,7 @@ def test_a_nan_loss_stops_the_pipeline() -> None:
 @pytest.mark.timeout(60)
 def test_the_skip_policy_keeps_the_pipeline_running() -> None:
     dm = _mlp(loss_fn=_nan_on_class_3, on_nonfinite="skip")
-    data = _vectors([4, 4]) + [(torch.randn(4, 10), torch.full((4,), 3))] + _vectors([4])
+    data = [*_vectors([4, 4]), (torch.randn(4, 10), torch.full((4,), 3)), *_vectors([4])]
     _pipelined(dm, data)
     assert [s.skipped_steps for s in dm.stages] == [0, 0, 1]
     assert dm.steps == 4
@@ -226,27 +237,25 @@ def test_the_skip_policy_keeps_the_pipeline_running() -> None:
 def test_a_pipeline_that_failed_keeps_refusing_batches() -> None:
     dm = _mlp()
     _fail_at(dm, 0, 0, RuntimeError("boom"))
-    (x, y), = _vectors([4])
-    with pytest.raises(decouple.StageError):
-        with dm.pipeline() as pipe:
-            pipe.submit(x, target=y)
-            with pytest.raises(decouple.StageError, match="batch 0"):
-                pipe.drain()
-            with pytest.raises(decouple.StageError, match="batch 0"):
-                pipe.submit(x, target=y)
+    ((x, y),) = _vectors([4])
+    with pytest.raises(decouple.StageError), dm.pipeline() as pipe:
+        pipe.submit(x, target=y)
+        with pytest.raises(decouple.StageError, match="batch 0"):
             pipe.drain()
+        with pytest.raises(decouple.StageError, match="batch 0"):
+            pipe.submit(x, target=y)
+        pipe.drain()
     assert dm.steps == 0 and not _decouple_threads()
 
 
 @pytest.mark.timeout(60)
 def test_keyboard_interrupt_in_the_caller_shuts_down_cleanly() -> None:
     dm = _cnn()
-    with pytest.raises(KeyboardInterrupt):
-        with dm.pipeline(depth=1) as pipe:
-            for i, (x, y) in enumerate(_images([4] * 10)):
-                if i == 5:
-                    raise KeyboardInterrupt
-                pipe.submit(x, target=y)
+    with pytest.raises(KeyboardInterrupt), dm.pipeline(depth=1) as pipe:
+        for i, (x, y) in enumerate(_images([4] * 10)):
+            if i == 5:
+                raise KeyboardInterrupt
+            pipe.submit(x, target=y)
     assert not _decouple_threads()
     assert dm.steps <= 5
 
@@ -264,9 +273,8 @@ def test_keyboard_interrupt_inside_a_worker_becomes_a_stage_error() -> None:
 @pytest.mark.timeout(60)
 def test_bad_inputs_raise_in_the_caller_and_shut_down() -> None:
     dm = _mlp()
-    with pytest.raises(decouple.InputError):
-        with dm.pipeline() as pipe:
-            pipe.submit(torch.randn(4, 10), torch.randn(4, 10), target=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(decouple.InputError), dm.pipeline() as pipe:
+        pipe.submit(torch.randn(4, 10), torch.randn(4, 10), target=torch.zeros(4, dtype=torch.long))
     assert not _decouple_threads()
 
 
@@ -292,7 +300,9 @@ def test_fit_pipelined_equals_fit_sequential() -> None:
     seen: list[tuple[int, int]] = []
     with one_thread():
         piped, plain = _mlp(), _mlp()
-        history = piped.fit(_loader(), epochs=2, progress=False, on_epoch_end=lambda e, s: seen.append((e, piped.steps)))
+        history = piped.fit(
+            _loader(), epochs=2, progress=False, on_epoch_end=lambda e, s: seen.append((e, piped.steps))
+        )
         plain_history = plain.fit(_loader(), epochs=2, pipelined=False, progress=False)
     assert_same_training_state(piped, plain)
     assert seen == [(0, 3), (1, 6)] and piped.steps == plain.steps == 6
@@ -304,7 +314,9 @@ def test_fit_pipelined_equals_fit_sequential() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_fit_shows_a_progress_bar_with_stage_losses(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_shows_a_progress_bar_with_stage_losses(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tqdm.auto
 
     counts: list[tuple[str, int, int]] = []
@@ -372,7 +384,7 @@ def test_timeline_is_ordered_and_renders(tmp_path: Any) -> None:
         for b in {e.batch for e in events}:
             phases = [e for e in events if e.batch == b]
             assert [e.phase for e in phases] == ["forward", "loss", "backward", "step"]
-            assert all(p.start <= p.end <= q.start for p, q in zip(phases, phases[1:]))
+            assert all(p.start <= p.end <= q.start for p, q in itertools.pairwise(phases))
     assert len(timeline.events) == 3 * 4 * 4
     assert all(0 < u <= 1 for u in timeline.utilization())
     path = timeline.render_png(tmp_path / "timeline.png")
@@ -394,7 +406,9 @@ def test_schedule_violations_spot_a_batch_that_ran_early() -> None:
     good = [(0, 0, 0.0, 1.0), (0, 1, 1.0, 2.0), (1, 0, 1.0, 2.0), (1, 1, 2.0, 3.0)]
     assert schedule_violations(good) == []
     bad = [(0, 0, 0.0, 1.0), (0, 1, 0.5, 2.0)]
-    assert schedule_violations(bad) == ["batch 0 on stage 1 started at 0.500000s before batch 0 on stage 0 ended at 1.000000s"]
+    assert schedule_violations(bad) == [
+        "batch 0 on stage 1 started at 0.500000s before batch 0 on stage 0 ended at 1.000000s"
+    ]
 
 
 # -- devices ---------------------------------------------------------------------------------

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import torch
-from .helpers import assert_gradient_isolation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from .models import MLP, ResCNN
 
 import decouple
+
+from .helpers import assert_gradient_isolation
+from .models import MLP, ResCNN
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,12 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from .helpers import assert_gradient_isolation
-from .models import MLP, DataDependent, ResCNN
 from torch import nn
 
 import decouple
 from decouple import ConfigError, InputError, SplitError, TargetError, TraceError
+
+from .helpers import assert_gradient_isolation
+from .models import MLP, DataDependent, ResCNN
 
 METHODS = ["scl", "al", "early_exit", "bp"]
 DECOUPLED = ["scl", "al", "early_exit"]
@@ -146,7 +147,10 @@ def test_split_at_a_module_returning_a_dict(method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_split_at_a_module_returning_none_is_refused(method: str) -> None:
     model = UsesNone()
-    with unchanged(model), pytest.raises(SplitError, match=r"module 'log' returns no tensor.*split at a module that returns a tensor"):
+    with (
+        unchanged(model),
+        pytest.raises(SplitError, match=r"module 'log' returns no tensor.*split at a module that returns a tensor"),
+    ):
         decouple.convert(model, method=method, splits=["log"], example_inputs=(X6,))
 
 
@@ -159,9 +163,13 @@ def test_model_returning_a_structure(kind: str, method: str) -> None:
             with pytest.raises(ConfigError, match=rf"needs the number of classes.*\({kind}, expected.*num_classes=C"):
                 decouple.convert(model, method=method, splits=["a"], example_inputs=(X6,))
         else:
-            with pytest.raises(ConfigError, match=rf"returns {kind}, neither a logits tensor.*loss_fn=lambda output, target"):
+            with pytest.raises(
+                ConfigError, match=rf"returns {kind}, neither a logits tensor.*loss_fn=lambda output, target"
+            ):
                 decouple.convert(model, method=method, splits=["a"], example_inputs=(X6,))
-    dm = decouple.convert(model, method=method, splits=["a"], example_inputs=(X6,), loss_fn=_first_logits, num_classes=3)
+    dm = decouple.convert(
+        model, method=method, splits=["a"], example_inputs=(X6,), loss_fn=_first_logits, num_classes=3
+    )
     model.eval()
     dm.eval()
     with torch.no_grad():
@@ -229,7 +237,9 @@ class TwoInputs(nn.Module):
         self.mid = nn.Linear(8, 8)
         self.out = nn.Linear(8, 3)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, *, bias: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor, *, bias: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:
         h = torch.relu(self.a(x) + self.b(z))
         h = torch.relu(self.mid(h))
         if bias is not None:
@@ -364,27 +374,34 @@ def test_bad_targets_fail_before_any_stage_steps(method: str, bad: str) -> None:
 
 @pytest.mark.parametrize("method", DECOUPLED)
 def test_bad_target_in_the_pipeline_is_a_stage_error_caused_by_a_target_error(method: str) -> None:
-    dm = decouple.convert(MLP([10, 16, 16], num_classes=4), method=method, splits=["layers.0"], example_inputs=(torch.randn(2, 10),))
-    with pytest.raises(decouple.StageError, match="stage 0 .*batch 1: TargetError") as info:
-        with dm.pipeline() as pipe:
-            pipe.submit(torch.randn(4, 10), target=torch.tensor([0, 1, 0, 1]))
-            pipe.submit(torch.randn(4, 10), target=torch.randn(4))
-            pipe.drain()
+    dm = decouple.convert(
+        MLP([10, 16, 16], num_classes=4), method=method, splits=["layers.0"], example_inputs=(torch.randn(2, 10),)
+    )
+    with pytest.raises(decouple.StageError, match="stage 0 .*batch 1: TargetError") as info, dm.pipeline() as pipe:
+        pipe.submit(torch.randn(4, 10), target=torch.tensor([0, 1, 0, 1]))
+        pipe.submit(torch.randn(4, 10), target=torch.randn(4))
+        pipe.drain()
     assert isinstance(info.value.__cause__, TargetError)
 
 
 def test_class_probabilities_are_valid_targets_for_the_default_loss() -> None:
-    dm = decouple.convert(MLP([10, 16, 16], num_classes=4), method="bp", splits=["layers.0"], example_inputs=(torch.randn(2, 10),))
+    dm = decouple.convert(
+        MLP([10, 16, 16], num_classes=4), method="bp", splits=["layers.0"], example_inputs=(torch.randn(2, 10),)
+    )
     probs = torch.softmax(torch.randn(4, 4), dim=1)
     assert math.isfinite(dm.train_step(torch.randn(4, 10), target=probs)["stage1"])
-    assert math.isfinite(dm.train_step(torch.randn(4, 10), target=torch.tensor([0, -100, 3, 1]))["stage1"])  # ignore_index
+    assert math.isfinite(
+        dm.train_step(torch.randn(4, 10), target=torch.tensor([0, -100, 3, 1]))["stage1"]
+    )  # ignore_index
 
 
 # -- tiny and single-class batches ---------------------------------------------------------------
 @pytest.mark.parametrize("method", DECOUPLED)
 def test_batch_of_one_and_single_class_batches_stay_finite(method: str) -> None:
     torch.manual_seed(0)
-    dm = decouple.convert(MLP([10, 16, 16], num_classes=4), method=method, splits=["layers.0"], example_inputs=(torch.randn(2, 10),))
+    dm = decouple.convert(
+        MLP([10, 16, 16], num_classes=4), method=method, splits=["layers.0"], example_inputs=(torch.randn(2, 10),)
+    )
     before = [p.detach().clone() for p in dm.parameters()]
     batches = [(torch.randn(1, 10), torch.tensor([2])), (torch.randn(5, 10), torch.zeros(5, dtype=torch.long))]
     for x, y in batches:
@@ -419,7 +436,10 @@ class ShapeBranch(nn.Module):
 def test_untraceable_model_without_the_export_fallback(model_class: type[nn.Module]) -> None:
     model = model_class()
     x = torch.randn(2, model.a.in_features)
-    with unchanged(model), pytest.raises(TraceError, match=r"(?s)could not trace.*failing line.*Fix:.*leaf_modules.*tracer='export'"):
+    with (
+        unchanged(model),
+        pytest.raises(TraceError, match=r"(?s)could not trace.*failing line.*Fix:.*leaf_modules.*tracer='export'"),
+    ):
         decouple.convert(model, splits=["a"], example_inputs=(x,), tracer="fx")
 
 
@@ -438,6 +458,9 @@ def test_data_dependent_branch_is_refused_by_both_frontends_with_the_fix() -> No
     x = torch.randn(4, 4)
     with unchanged(model), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(TraceError, match=r"(?s)torch\.export could not trace DataDependent: GuardOnDataDependent.*Fix: make forward exportable"):
+        with pytest.raises(
+            TraceError,
+            match=r"(?s)torch\.export could not trace DataDependent: GuardOnDataDependent.*Fix: make forward exportable",
+        ):
             decouple.convert(model, splits=["a"], example_inputs=(x,))
     assert any(issubclass(w.category, decouple.TracerFallbackWarning) for w in caught)

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
-from .helpers import assert_gradient_isolation
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from .models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
 
 import decouple
 from decouple.compiler.candidates import candidate_splits
 from decouple.inspection import trace_model
 
+from .helpers import assert_gradient_isolation
+from .models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
+
 ARCHITECTURES = {
     "mlp": (lambda: MLP([5, 7, 6, 8, 4], 3), lambda: (torch.randn(6, 5),), 3),
     "rescnn": (lambda: ResCNN(channels=4, blocks=2, num_classes=3), lambda: (torch.randn(6, 3, 8, 8),), 3),
-    "rescnn_noskip": (lambda: ResCNN(channels=4, blocks=2, num_classes=3, long_skip=False), lambda: (torch.randn(6, 3, 8, 8),), 3),
+    "rescnn_noskip": (
+        lambda: ResCNN(channels=4, blocks=2, num_classes=3, long_skip=False),
+        lambda: (torch.randn(6, 3, 8, 8),),
+        3,
+    ),
     "tuple": (UsesTuple, lambda: (torch.randn(6, 6),), 3),
     "shapes": (ShapeCarrier, lambda: (torch.randn(6, 3, 8, 8),), 3),
     "dropout": (FunctionalDropout, lambda: (torch.randn(6, 10),), 3),

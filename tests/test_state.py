@@ -6,10 +6,11 @@ import io
 
 import pytest
 import torch
-from .helpers import one_thread
-from .models import ResCNN
 
 import decouple
+
+from .helpers import one_thread
+from .models import ResCNN
 
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -20,7 +21,9 @@ def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _convert(seed: int = 0) -> decouple.DecoupledModel:
     torch.manual_seed(seed)
     return decouple.convert(
-        ResCNN(channels=4, blocks=2, num_classes=3), splits=["blocks.0", "blocks.1"], example_inputs=(torch.randn(2, 3, 8, 8),)
+        ResCNN(channels=4, blocks=2, num_classes=3),
+        splits=["blocks.0", "blocks.1"],
+        example_inputs=(torch.randn(2, 3, 8, 8),),
     )
 
 
@@ -117,7 +120,9 @@ class _Explodes(torch.nn.Module):
 def test_nonfinite_loss_raises_with_stage_and_batch(method: str) -> None:
     dm = decouple.convert(_Explodes(), method=method, splits=["a"], example_inputs=(torch.randn(2, 4),))
     dm.train_step(torch.zeros(4, 4), target=torch.tensor([0, 0, 1, 1]))
-    with pytest.raises(decouple.StageError, match=r"stage 1: local loss is (nan|inf) at batch 1.*on_nonfinite='skip'") as info:
+    with pytest.raises(
+        decouple.StageError, match=r"stage 1: local loss is (nan|inf) at batch 1.*on_nonfinite='skip'"
+    ) as info:
         dm.train_step(torch.randn(4, 4) * 10, target=torch.tensor([0, 0, 1, 1]))
     assert info.value.stage == 1 and info.value.batch == 1
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from .helpers import assert_gradient_isolation
 
 import decouple
+
+from .helpers import assert_gradient_isolation
 
 CASES = {
     "resnet18": ["layer1", "layer2", "layer3"],

@@ -21,7 +21,16 @@ FAST = [
     ("vit_b_16", "al"),
     ("densenet121", "al"),
 ]
-FAMILIES = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "vit_b_16", "densenet121", "swin_t", "inception_v3"]
+FAMILIES = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "squeezenet1_1",
+    "googlenet",
+    "vit_b_16",
+    "densenet121",
+    "swin_t",
+    "inception_v3",
+]
 SLOW = [(m, method) for m in FAMILIES for method in zoo.METHODS if (m, method) not in FAST]
 
 

@@ -91,7 +91,9 @@ class TinyGPT(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, dim)
         self.wpe = nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, 2, 2 * dim, batch_first=True) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, 2, 2 * dim, batch_first=True) for _ in range(layers)
+        )
         self.ln_f = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
@@ -185,9 +187,10 @@ def _images(n: int) -> dict[str, torch.Tensor]:
 HF_CASES: dict[str, Case] = {
     "bert": Case(hf_bert, ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1"], token_batch),
     "distilbert": Case(
-        hf_distilbert, ["distilbert.embeddings", "distilbert.transformer.layer.0", "distilbert.transformer.layer.1"],
+        hf_distilbert,
+        ["distilbert.embeddings", "distilbert.transformer.layer.0", "distilbert.transformer.layer.1"],
         token_batch,
-    ),  # fmt: skip
+    ),
     "gpt2": Case(hf_gpt2, ["transformer.h.0", "transformer.h.1", "transformer.h.2"], token_batch),
     "vit": Case(hf_vit, ["vit.embeddings", "vit.layers.0", "vit.layers.1"], _images),
 }

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..api import convert
+from ..balance import BALANCE_KINDS
 from ..errors import ConfigError, InputError
 from ..model import DecoupledModel
-from ..balance import BALANCE_KINDS
 from ..passes import METHODS
 from ..passes.registry import parse_options
 from .model_spec import SCHEMES, accepts_keyword, build_model, parse_model_spec
@@ -42,30 +42,81 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     schemes = ", ".join(f"{prefix}:NAME" for prefix in SCHEMES)
     parser.add_argument("model", metavar="MODEL", help=f"{schemes}, package.module:factory or file.py:factory")
-    parser.add_argument("--kwargs", default="{}", metavar="JSON", help='keyword arguments of the model builder, e.g. \'{"num_classes": 10}\'')
-    parser.add_argument("--input-shape", required=True, metavar="N,C,...", help="shape of a random example input, e.g. 2,3,32,32")
-    parser.add_argument("--input-dtype", default="float", choices=sorted(_DTYPES), metavar="DTYPE",
-                        help=f"dtype of the example input: {', '.join(sorted(_DTYPES))} (long for token ids)")
-    parser.add_argument("--input-high", type=int, default=2, metavar="N", help="integer inputs are drawn from [0, N) (e.g. the vocabulary size)")
-    parser.add_argument("--num-classes", type=int, metavar="N", help="number of classes: passed to the model builder (when it takes num_classes) and to convert()")
-    parser.add_argument("--tracer", default="auto", choices=("auto", "fx", "export"), help="tracing frontend (default: fx, falling back to torch.export)")
-    parser.add_argument("--leaf-module", action="append", default=[], metavar="NAME", help="qualified name of a module to keep as one opaque call (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model's initial weights and the example input")
+    parser.add_argument(
+        "--kwargs",
+        default="{}",
+        metavar="JSON",
+        help="keyword arguments of the model builder, e.g. '{\"num_classes\": 10}'",
+    )
+    parser.add_argument(
+        "--input-shape", required=True, metavar="N,C,...", help="shape of a random example input, e.g. 2,3,32,32"
+    )
+    parser.add_argument(
+        "--input-dtype",
+        default="float",
+        choices=sorted(_DTYPES),
+        metavar="DTYPE",
+        help=f"dtype of the example input: {', '.join(sorted(_DTYPES))} (long for token ids)",
+    )
+    parser.add_argument(
+        "--input-high",
+        type=int,
+        default=2,
+        metavar="N",
+        help="integer inputs are drawn from [0, N) (e.g. the vocabulary size)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="number of classes: passed to the model builder (when it takes num_classes) and to convert()",
+    )
+    parser.add_argument(
+        "--tracer",
+        default="auto",
+        choices=("auto", "fx", "export"),
+        help="tracing frontend (default: fx, falling back to torch.export)",
+    )
+    parser.add_argument(
+        "--leaf-module",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="qualified name of a module to keep as one opaque call (repeatable)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the model's initial weights and the example input"
+    )
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """The method, its options, and how ``--stages N`` balances the stages."""
     parser.add_argument("--method", default="scl", help=f"training method: {', '.join(METHODS)} (default scl)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, value parsed as JSON when possible (repeatable), e.g. temperature=0.5")
-    parser.add_argument("--balance", default="flops", choices=BALANCE_KINDS, help="with --stages N: what the stages balance, local heads included (default flops)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, value parsed as JSON when possible (repeatable), e.g. temperature=0.5",
+    )
+    parser.add_argument(
+        "--balance",
+        default="flops",
+        choices=BALANCE_KINDS,
+        help="with --stages N: what the stages balance, local heads included (default flops)",
+    )
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     """Method, split points and method options."""
     add_method_arguments(parser)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--splits", metavar="A,B,...", help="module names to cut after, in forward order (see `decouple splits`)")
-    group.add_argument("--stages", type=int, metavar="N", help="N stages balanced by cost among the candidate split points")
+    group.add_argument(
+        "--splits", metavar="A,B,...", help="module names to cut after, in forward order (see `decouple splits`)"
+    )
+    group.add_argument(
+        "--stages", type=int, metavar="N", help="N stages balanced by cost among the candidate split points"
+    )
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +138,9 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{flag} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}; quote it like '{{\"num_classes\": 10}}'") from exc
+        raise ConfigError(
+            f"{flag} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}; quote it like '{{\"num_classes\": 10}}'"
+        ) from exc
     if not isinstance(value, dict):
         raise ConfigError(f"{flag} must be a JSON object like '{{\"num_classes\": 10}}', got {text!r}")
     return value
@@ -97,7 +150,9 @@ def parse_splits(args: argparse.Namespace) -> list[str] | int:
     if args.stages is not None:
         return int(args.stages)
     if args.splits is None:
-        raise ConfigError("give --splits A,B,... (module names to cut after) or --stages N; `decouple splits MODEL --input-shape ...` lists the candidates")
+        raise ConfigError(
+            "give --splits A,B,... (module names to cut after) or --stages N; `decouple splits MODEL --input-shape ...` lists the candidates"
+        )
     names = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not names:
         raise ConfigError(f"--splits names no module: {args.splits!r}; give module names like layer1,layer2")

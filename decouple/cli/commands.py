@@ -39,7 +39,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     dm, x = convert_from_args(args)
     report = describe_conversion(dm)
     if args.json:
-        print_json({"model_spec": args.model, "input_shape": list(x.shape), "input_dtype": str(x.dtype).replace("torch.", ""), **report.as_dict()})
+        print_json(
+            {
+                "model_spec": args.model,
+                "input_shape": list(x.shape),
+                "input_dtype": str(x.dtype).replace("torch.", ""),
+                **report.as_dict(),
+            }
+        )
         return 0
     out = console()
     out.print(f"{args.model} · example input {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}")
@@ -51,8 +58,12 @@ def run_inspect(args: argparse.Namespace) -> int:
 def _splits_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_method_arguments(parser)
-    parser.add_argument("--stages", type=int, metavar="N",
-                        help="also suggest the N-1 split points convert(..., splits=N) picks for --method (local heads counted)")
+    parser.add_argument(
+        "--stages",
+        type=int,
+        metavar="N",
+        help="also suggest the N-1 split points convert(..., splits=N) picks for --method (local heads counted)",
+    )
     add_json_argument(parser)
 
 
@@ -74,8 +85,14 @@ def run_splits(args: argparse.Namespace) -> int:
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_conversion_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the source files, weights and manifest.json to")
-    parser.add_argument("--checkpoint", metavar="PATH", help="a DecoupledModel.state_dict() saved with torch.save, to export trained weights")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder to write the source files, weights and manifest.json to"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="a DecoupledModel.state_dict() saved with torch.save, to export trained weights",
+    )
     add_json_argument(parser)
 
 
@@ -89,8 +106,12 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     out = console()
     out.print(export_table(result))
-    out.print(f"checked: the exported inference module reproduces the original on the example input (max abs diff {result.max_abs_diff:.3g})")
-    out.print(f"use it with only torch: import sys; sys.path.insert(0, {args.out!r}); import inference; model = inference.load()")
+    out.print(
+        f"checked: the exported inference module reproduces the original on the example input (max abs diff {result.max_abs_diff:.3g})"
+    )
+    out.print(
+        f"use it with only torch: import sys; sys.path.insert(0, {args.out!r}); import inference; model = inference.load()"
+    )
     return 0
 
 
@@ -98,11 +119,17 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise ConfigError(f"--checkpoint {path!r} does not exist; save one with torch.save(dm.state_dict(), path)") from exc
+        raise ConfigError(
+            f"--checkpoint {path!r} does not exist; save one with torch.save(dm.state_dict(), path)"
+        ) from exc
     except Exception as exc:
-        raise ConfigError(f"--checkpoint {path!r} is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(
+            f"--checkpoint {path!r} is not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise ConfigError(f"--checkpoint {path!r} is not a DecoupledModel.state_dict(); save one with torch.save(dm.state_dict(), path)")
+        raise ConfigError(
+            f"--checkpoint {path!r} is not a DecoupledModel.state_dict(); save one with torch.save(dm.state_dict(), path)"
+        )
     return state
 
 

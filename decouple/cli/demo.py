@@ -15,15 +15,38 @@ __all__ = ["add_demo_arguments", "config_from_args", "main"]
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    parser.add_argument("--method", default=d.method, help=f"training method compared with bp (default {d.method}; also al, early_exit, bp)")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the 12,000 training images (default {d.epochs})")
-    parser.add_argument("--stages", type=int, default=d.stages, help=f"2 or 3 stages, one per block of the CNN (default {d.stages})")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights, the batch order and the augmentation")
+    parser.add_argument(
+        "--method",
+        default=d.method,
+        help=f"training method compared with bp (default {d.method}; also al, early_exit, bp)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=d.epochs, help=f"passes over the 12,000 training images (default {d.epochs})"
+    )
+    parser.add_argument(
+        "--stages", type=int, default=d.stages, help=f"2 or 3 stages, one per block of the CNN (default {d.stages})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the initial weights, the batch order and the augmentation"
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate of every stage, decayed by a cosine (default {d.lr:g})")
-    parser.add_argument("--no-augment", action="store_true", help="train on the images as they are (default: random shifts of up to 2 pixels)")
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help=f"torch intra-op threads (default {d.threads}: the pipeline already runs a thread per stage)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help=f"Adam learning rate of every stage, decayed by a cosine (default {d.lr:g})",
+    )
+    parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train on the images as they are (default: random shifts of up to 2 pixels)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help=f"torch intra-op threads (default {d.threads}: the pipeline already runs a thread per stage)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--train-limit", type=int, help=argparse.SUPPRESS)  # tests: the first N training images
     parser.add_argument("--test-limit", type=int, help=argparse.SUPPRESS)

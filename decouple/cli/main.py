@@ -45,7 +45,9 @@ def register_command(command: Command) -> Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="decouple", description="Look at what decouple does to a model before training it.")
+    parser = argparse.ArgumentParser(
+        prog="decouple", description="Look at what decouple does to a model before training it."
+    )
     parser.add_argument("--version", action="version", version=f"decouple {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS.values():
@@ -62,7 +64,9 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     print(f"decouple: warning: {_one_line(Warning(message))}", file=sys.stderr)
 
 

@@ -100,7 +100,9 @@ def build_model(spec: str | ModelSpec, kwargs: dict[str, Any] | None = None) -> 
     else:
         model = SCHEMES[parsed.kind].builder(parsed.target, kwargs)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{parsed} returned {type(model).__name__}, not an nn.Module; point the spec at a callable that builds the model")
+        raise ConfigError(
+            f"{parsed} returned {type(model).__name__}, not an nn.Module; point the spec at a callable that builds the model"
+        )
     return model
 
 
@@ -111,8 +113,10 @@ def _load_factory(spec: ModelSpec) -> Callable[..., Any]:
         public = [n for n in vars(module) if not n.startswith("_")]
         raise ConfigError(f"{spec.target!r} has no attribute {spec.name!r}{close_matches(spec.name, public)}")
     if not callable(factory):
-        raise ConfigError(f"{spec.target}:{spec.name} is a {type(factory).__name__}, not a callable that returns an nn.Module")
-    return factory  # type: ignore[no-any-return]
+        raise ConfigError(
+            f"{spec.target}:{spec.name} is a {type(factory).__name__}, not a callable that returns an nn.Module"
+        )
+    return factory
 
 
 def _import(spec: ModelSpec) -> ModuleType:
@@ -121,7 +125,9 @@ def _import(spec: ModelSpec) -> ModuleType:
     try:
         return importlib.import_module(spec.target)
     except ModuleNotFoundError as exc:
-        schemes = "" if "." in spec.target else f"; or use a registered scheme ({', '.join(f'{s}:NAME' for s in SCHEMES)})"
+        schemes = (
+            "" if "." in spec.target else f"; or use a registered scheme ({', '.join(f'{s}:NAME' for s in SCHEMES)})"
+        )
         raise ConfigError(
             f"cannot import module {spec.target!r} ({exc}); check the spelling and that its folder is on "
             f"PYTHONPATH (or name a .py file: path/to/file.py:factory){schemes}"
@@ -155,7 +161,9 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: ModelSpec) 
         try:
             signature.bind(**kwargs)
         except TypeError as exc:
-            raise ConfigError(f"{spec} does not take these keyword arguments ({exc}); its signature is {signature}; fix --kwargs") from exc
+            raise ConfigError(
+                f"{spec} does not take these keyword arguments ({exc}); its signature is {signature}; fix --kwargs"
+            ) from exc
     try:
         return factory(**kwargs)
     except Exception as exc:
@@ -190,9 +198,13 @@ def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ConfigError("torchvision models are built with weights=None (no downloads); drop 'weights' from --kwargs")
     kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
     try:
-        return torchvision.models.get_model(name, weights=None, **kwargs)  # type: ignore[no-any-return]
+        return torchvision.models.get_model(name, weights=None, **kwargs)
     except Exception as exc:
-        raise ConfigError(f"building torchvision:{name} with {kwargs} failed: {type(exc).__name__}: {exc}; check --kwargs") from exc
+        raise ConfigError(
+            f"building torchvision:{name} with {kwargs} failed: {type(exc).__name__}: {exc}; check --kwargs"
+        ) from exc
 
 
-register_scheme(Scheme("torchvision", _torchvision, "torchvision:resnet18", "torchvision.models, built with weights=None"))
+register_scheme(
+    Scheme("torchvision", _torchvision, "torchvision:resnet18", "torchvision.models, built with weights=None")
+)

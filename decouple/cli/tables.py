@@ -36,7 +36,9 @@ def _table(title: str | None = None) -> Table:
 
 def conversion_tables(report: ConversionReport) -> list[Any]:
     """The stage table and the totals table of ``decouple inspect``."""
-    stages = _table(f"{report.model} · method {report.method} · {len(report.stages)} stages · splits {', '.join(report.splits)}")
+    stages = _table(
+        f"{report.model} · method {report.method} · {len(report.stages)} stages · splits {', '.join(report.splits)}"
+    )
     stages.add_column("stage", justify="right", no_wrap=True)
     stages.add_column("modules", overflow="fold")
     stages.add_column("inputs", overflow="fold")
@@ -58,7 +60,18 @@ def conversion_tables(report: ConversionReport) -> list[Any]:
             percent(s.flops_share),
         ]
         stages.add_row(*cells, *([percent(s.cost_share)] if show_cost else []))
-    stages.add_row("total", "", "", "", f"{report.effective:,}", f"{report.affiliated:,}", f"{report.training:,}", "", *([""] if show_cost else []), style="bold")
+    stages.add_row(
+        "total",
+        "",
+        "",
+        "",
+        f"{report.effective:,}",
+        f"{report.affiliated:,}",
+        f"{report.training:,}",
+        "",
+        *([""] if show_cost else []),
+        style="bold",
+    )
 
     totals = _table("parameters")
     totals.add_column("", no_wrap=True)
@@ -88,8 +101,10 @@ def splits_tables(report: SplitsReport) -> list[Any]:
     out: list[Any] = [table]
     if report.suggested is not None and report.stage_shares is not None:
         shares = ", ".join(percent(s) for s in report.stage_shares)
-        out.append(f"suggested for {report.stages} stages (what convert(..., splits={report.stages}) picks for {report.method}, "
-                   f"by {report.balance} with local heads): --splits {','.join(report.suggested)}")
+        out.append(
+            f"suggested for {report.stages} stages (what convert(..., splits={report.stages}) picks for {report.method}, "
+            f"by {report.balance} with local heads): --splits {','.join(report.suggested)}"
+        )
         out.append(f"{report.balance} share per stage: {shares}")
     if not report.candidates:
         out.append("no module call leaves exactly one tensor crossing; give fx node names to --splits instead")

@@ -6,4 +6,13 @@ from .inference import build_inference_module, snapshot
 from .stage import Stage, StageIO, StageResult
 from .stages import build_stages, describe_value
 
-__all__ = ["Stage", "StageIO", "StageResult", "build_stages", "describe_value", "build_inference_module", "snapshot", "EarlyExitModel"]
+__all__ = [
+    "Stage",
+    "StageIO",
+    "StageResult",
+    "build_stages",
+    "describe_value",
+    "build_inference_module",
+    "snapshot",
+    "EarlyExitModel",
+]

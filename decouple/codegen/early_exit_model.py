@@ -40,6 +40,10 @@ def batch_major(ios: Sequence[StageIO], batch: int) -> bool:
 class EarlyExitModel(nn.Module):
     """The eval-mode model with exits: ``forward`` returns logits; ``usage`` counts exits taken."""
 
+    stages: nn.ModuleList
+    exits: nn.ModuleList
+    counts: torch.Tensor
+
     def __init__(
         self,
         stages: Sequence[fx.GraphModule],
@@ -87,6 +91,7 @@ class EarlyExitModel(nn.Module):
                 self.counts[k] += len(pending)
                 break
             nxt = {n: produced[n] if n in produced else message[n] for n in io.message_out}
+            assert io.representation is not None, "a stage before the last has a representation"
             rep = nxt[io.representation] if io.representation in nxt else message[io.representation]
             kw = {a: nxt.get(b, message.get(b)) for a, b in self.extras[k].items()}
             logits = self.exits[k](rep, **kw) if kw else self.exits[k](rep)

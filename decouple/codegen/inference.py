@@ -8,17 +8,20 @@ an early exit's classifier). The live module shares parameters with the training
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from ..compiler.program import Program
-from ..frontend.attributes import attribute
+from ..frontend.attributes import attribute, qualified_target
 from .stage import Stage
 from .stages import copy_meta
 
 __all__ = ["build_inference_module", "snapshot"]
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def build_inference_module(program: Program, stages: list[Stage], exit: int | None = None) -> fx.GraphModule:
@@ -50,15 +53,16 @@ def build_inference_module(program: Program, stages: list[Stage], exit: int | No
             env[name] = graph.node_copy(node, lambda a: env[a.name])
             copy_meta(env[name], node)
             if node.op in ("call_module", "get_attr"):
-                objects[node.target] = attribute(stage_module, node.target)
+                objects[qualified_target(node)] = attribute(stage_module, qualified_target(node))
     if tail is None:
         assert stop == num, "an early exit needs an inference tail"
         graph.output(fx.node.map_arg(part.trace.output_node().args[0], lambda a: env[a.name]))
     else:
         rep = part.stages[stop - 1].representation
+        assert rep is not None, "an inference tail reads the representation of a stage before the last"
         value = env[rep]
         for i, (name, module) in enumerate(tail.modules):
-            kwargs = {k: env[v] for k, v in tail.extras.items()} if i == 0 else {}
+            kwargs: dict[str, fx.node.Argument] = {k: env[v] for k, v in tail.extras.items()} if i == 0 else {}
             value = graph.call_module(name, (value,), kwargs)
             objects[name] = module
         graph.output(value)
@@ -73,7 +77,7 @@ def _class_name(program: Program) -> str:
     return f"{type(program.root).__name__}Inference"
 
 
-def snapshot(module: fx.GraphModule, device: torch.device | str | None) -> fx.GraphModule:
+def snapshot(module: M, device: torch.device | str | None) -> M:
     """An independent copy of a live module on one device, in eval mode."""
     copied = copy.deepcopy(module)
     if device is not None:

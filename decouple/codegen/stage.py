@@ -51,6 +51,12 @@ class StageResult:
 class Stage(nn.Module):
     """One component: ``module`` (effective parameters), ``objective`` (affiliated), ``optimizer``."""
 
+    module: fx.GraphModule
+    objective: LocalObjective | None
+    #: the eval-mode module: shares every parameter and buffer with ``module``, so it is kept out of
+    #: the module tree (parameters and state dicts list them once)
+    eval_module: fx.GraphModule
+
     def __init__(
         self,
         index: int,
@@ -65,8 +71,6 @@ class Stage(nn.Module):
         self.index = index
         self.module = module
         self.objective = objective
-        # The eval-mode module shares every parameter and buffer with ``module``; keep it out of
-        # the module tree so parameters and state dicts list them once.
         self.__dict__["eval_module"] = eval_module
         self.io = io
         self.device = torch.device(device)
@@ -120,6 +124,7 @@ class Stage(nn.Module):
             return {}, out
         produced: dict[str, Any] = out
         next_message = {name: produced[name] if name in produced else message[name] for name in io.message_out}
+        assert io.representation is not None, "a stage before the last has a representation"
         return next_message, produced[io.representation]  # partition guarantees the stage computes it
 
     def objective_kwargs(self, message: dict[str, Any], next_message: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +139,9 @@ class Stage(nn.Module):
             result = self.evaluate(message, next_message, output, carry)
         return StageResult(next_message, output, result)
 
-    def evaluate(self, message: dict[str, Any], next_message: dict[str, Any], output: Any, carry: Any) -> LocalResult | None:
+    def evaluate(
+        self, message: dict[str, Any], next_message: dict[str, Any], output: Any, carry: Any
+    ) -> LocalResult | None:
         """The local objective on the stage's output (``None`` for a stage without one)."""
         if self.objective is None:
             return None
@@ -188,14 +195,13 @@ class StageList(nn.ModuleList):
         super().__init__(stages)
 
     @overload
-    def __getitem__(self, index: int) -> Stage: ...
+    def __getitem__(self, idx: slice) -> StageList: ...
 
     @overload
-    def __getitem__(self, index: slice) -> StageList: ...
+    def __getitem__(self, idx: int) -> Stage: ...
 
-    def __getitem__(self, index: int | slice) -> Stage | StageList:
-        return cast("Stage | StageList", super().__getitem__(index))
+    def __getitem__(self, idx: int | slice) -> Stage | StageList:
+        return cast("Stage | StageList", super().__getitem__(idx))
 
     def __iter__(self) -> Iterator[Stage]:
         return cast("Iterator[Stage]", super().__iter__())
-

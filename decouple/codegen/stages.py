@@ -17,6 +17,8 @@ from torch import nn
 
 from ..compiler.partition import Partition, StagePlan
 from ..compiler.program import Program, StageSpec
+from ..frontend.attributes import qualified_target
+from ..objectives.base import LocalObjective
 from ..tree import clone_tree, detach_tree
 from .stage import Stage, StageIO
 
@@ -65,7 +67,7 @@ def _apply_policy(graph: fx.Graph, value: fx.Node, policy: str, original: fx.Nod
 
 def _stage_targets(part: Partition, plan: StagePlan) -> list[tuple[str, str]]:
     nodes = part.trace.nodes
-    return [(nodes[x].op, nodes[x].target) for x in plan.nodes if nodes[x].op in ("call_module", "get_attr")]
+    return [(nodes[x].op, qualified_target(nodes[x])) for x in plan.nodes if nodes[x].op in ("call_module", "get_attr")]
 
 
 def place(root: nn.Module, targets: list[tuple[str, str]], device: torch.device) -> None:
@@ -124,7 +126,15 @@ def build_stages(program: Program) -> list[Stage]:
         place(root, targets, spec.device)
         train_module = build_stage_module(program, spec, True, root)
         eval_module = train_module if shared else build_stage_module(program, spec, False, root)
-        objective = spec.objective.to(spec.device) if spec.objective is not None else None
+        objective = _objective(spec)
         io = {mode: _stage_io(program, spec, mode) for mode in (True, False)}
         stages.append(Stage(spec.index, train_module, eval_module, objective, io, spec.device, spec.objective_extras))
     return stages
+
+
+def _objective(spec: StageSpec) -> LocalObjective | None:
+    """The stage's objective on the stage's device; a method's passes must attach a :class:`LocalObjective`."""
+    if spec.objective is None:
+        return None
+    assert isinstance(spec.objective, LocalObjective), f"stage {spec.index}'s objective is not a LocalObjective"
+    return spec.objective.to(spec.device)

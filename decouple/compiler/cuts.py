@@ -43,7 +43,9 @@ def stage_costs(segments: Sequence[Segment], cuts: Sequence[int]) -> list[float]
     """Cost of each stage when cutting after segments ``cuts``: its components plus the head at its end."""
     costs, start = [], 0
     for i in [*cuts, len(segments) - 1]:
-        costs.append(sum(s.component for s in segments[start : i + 1]) + (segments[i].head if i < len(segments) - 1 else 0.0))
+        costs.append(
+            sum(s.component for s in segments[start : i + 1]) + (segments[i].head if i < len(segments) - 1 else 0.0)
+        )
         start = i + 1
     return costs
 
@@ -73,7 +75,11 @@ def choose_cuts(segments: Sequence[Segment], num_stages: int) -> list[int]:
                 value = max(best[j - 1][h], cost(h, i))
                 if value < best[j][i]:
                     best[j][i], back[j][i] = value, h
-    finals = [(max(best[num_stages - 1][i], prefix[m] - prefix[i + 1]), i) for i in range(m - 1) if best[num_stages - 1][i] < inf]
+    finals = [
+        (max(best[num_stages - 1][i], prefix[m] - prefix[i + 1]), i)
+        for i in range(m - 1)
+        if best[num_stages - 1][i] < inf
+    ]
     _, i = min(finals)
     cuts = [i]
     for j in range(num_stages - 1, 1, -1):

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..frontend.attributes import attribute
+from ..frontend.attributes import attribute, qualified_target
 from ..frontend.trace import Trace
 from ..tree import tensor_leaves
 
@@ -45,7 +45,7 @@ class GraphView:
         self.by_name = tr.nodes
         self.nodes = list(self.by_name.values())
         self.position = tr.positions
-        self.digraph = nx.DiGraph()
+        self.digraph: nx.DiGraph[str] = nx.DiGraph()
         self.digraph.add_nodes_from(n.name for n in self.nodes)
         self.digraph.add_edges_from((n.name, u.name) for n in self.nodes for u in n.users)
 
@@ -63,11 +63,7 @@ class GraphView:
 
     def crossing(self, stage_of: dict[str, int], k: int) -> list[str]:
         """Values defined in stages ``<= k`` and read by stages ``> k``, in graph order."""
-        out = {
-            u
-            for u, v in self.digraph.edges
-            if self.by_name[u].op != "get_attr" and stage_of[u] <= k < stage_of[v]
-        }
+        out = {u for u, v in self.digraph.edges if self.by_name[u].op != "get_attr" and stage_of[u] <= k < stage_of[v]}
         return sorted(out, key=self.position.__getitem__)
 
     def side_values(self) -> set[str]:
@@ -88,7 +84,9 @@ class GraphView:
                     side.add(n.name)
             elif value is not _UNKNOWN and not tensor_leaves(value):
                 side.add(n.name)  # shapes, sizes, ``x.device``: metadata of a value, not data flowing on
-            elif n.all_input_nodes and all(a.name in side or a.op == "get_attr" and not _is_parameter_like(a) for a in n.all_input_nodes):
+            elif n.all_input_nodes and all(
+                a.name in side or (a.op == "get_attr" and not _is_parameter_like(a)) for a in n.all_input_nodes
+            ):
                 side.add(n.name)
         return side
 
@@ -155,12 +153,13 @@ def module_calls(graph: fx.Graph) -> dict[str, list[ModuleCall]]:
 def parameters_read(node: fx.Node, root: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Parameters a node reads directly: those of a called module, or a ``get_attr`` parameter."""
     if node.op == "call_module":
-        module = root.get_submodule(node.target)
-        return [(f"{node.target}.{n}", p) for n, p in module.named_parameters()]
+        target = qualified_target(node)
+        return [(f"{target}.{n}", p) for n, p in root.get_submodule(target).named_parameters()]
     if node.op == "get_attr":
-        value = attribute(root, node.target)
+        target = qualified_target(node)
+        value = attribute(root, target)
         if isinstance(value, nn.Parameter):
-            return [(node.target, value)]
+            return [(target, value)]
         if isinstance(value, nn.Module):
-            return [(f"{node.target}.{n}", p) for n, p in value.named_parameters()]
+            return [(f"{target}.{n}", p) for n, p in value.named_parameters()]
     return []

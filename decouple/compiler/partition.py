@@ -48,10 +48,7 @@ class StagePlan:
 
     def __repr__(self) -> str:
         ends = f", ends at {self.split.spec!r}" if self.split else ""
-        return (
-            f"StagePlan({self.index}: {len([n for n in self.nodes])} nodes, "
-            f"in={self.inputs}, out={self.outputs}{ends})"
-        )
+        return f"StagePlan({self.index}: {len(list(self.nodes))} nodes, in={self.inputs}, out={self.outputs}{ends})"
 
 
 @dataclass
@@ -170,14 +167,11 @@ def _top_modules(view: GraphView, names: list[str], calls: dict[str, list[Module
     """The outermost module calls that run entirely inside a stage, in order of first appearance."""
     inside = {view.position[x] for x in names}
     covered = {
-        call.key: qualname
-        for qualname, group in calls.items()
-        for call in group
-        if set(call.positions) <= inside
+        call.key: qualname for qualname, group in calls.items() for call in group if set(call.positions) <= inside
     }
     seen: dict[str, None] = {}
     for x in names:
-        for key in (view.by_name[x].meta.get("nn_module_stack") or {}):
+        for key in view.by_name[x].meta.get("nn_module_stack") or {}:
             if key in covered:
                 seen.setdefault(covered[key], None)
                 break
@@ -241,10 +235,8 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
                 "use falls in one stage, or untie the weights before convert(), e.g. "
                 f"`model.{aliases[-1]} = nn.Parameter(model.{aliases[-1]}.detach().clone())`"
             )
-    param_nodes = {
-        n.name for n in view.nodes if n.op in ("get_attr", "call_module") and parameters_read(n, root)
-    }
-    for k, crossing in enumerate(p.boundaries):
+    param_nodes = {n.name for n in view.nodes if n.op in ("get_attr", "call_module") and parameters_read(n, root)}
+    for _k, crossing in enumerate(p.boundaries):
         for x in crossing:
             if x in dependent:
                 continue

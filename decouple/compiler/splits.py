@@ -7,6 +7,7 @@ cuts after that node. Splits must be in forward order and cut at different place
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def resolve_splits(tr: Trace, specs: Sequence[str], root: nn.Module | None = Non
             raise SplitError(f"split {spec!r} is listed twice; each split point must appear once")
         seen.add(spec)
         points.append(_resolve_one(tr, spec, calls, position, nodes, root))
-    for a, b in zip(points, points[1:]):
+    for a, b in itertools.pairwise(points):
         if b.cut < a.cut:
             raise SplitError(
                 f"splits are out of forward order: {b.spec!r} runs before {a.spec!r}; "
@@ -118,9 +119,7 @@ def representation_of(tr: Trace, call: ModuleCall, position: dict[str, int], nod
         tensors = [n for n in recorded if tensor_leaves(nodes[position[n]].meta.get("val"))]
         return (tensors or recorded)[0]
     inside = set(call.positions)
-    escaping = [
-        i for i in sorted(inside) if any(position[u.name] not in inside for u in nodes[i].users)
-    ]
+    escaping = [i for i in sorted(inside) if any(position[u.name] not in inside for u in nodes[i].users)]
     if not escaping:
         return nodes[call.last].name
     if call.last in escaping:

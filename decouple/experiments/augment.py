@@ -40,7 +40,9 @@ _PAD_MODES = ("constant", "replicate", "reflect")
 def _check_images(x: Any, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"{what} takes a float image batch (N, C, H, W), got {shape}; add batch/channel dims with x[None] or x.unsqueeze(1)")
+        raise InputError(
+            f"{what} takes a float image batch (N, C, H, W), got {shape}; add batch/channel dims with x[None] or x.unsqueeze(1)"
+        )
     return x
 
 
@@ -113,10 +115,14 @@ class RandomAffine:
 
     def __post_init__(self) -> None:
         if self.degrees < 0 or not 0 <= self.translate < 1:
-            raise ConfigError(f"RandomAffine needs degrees >= 0 and 0 <= translate < 1, got {self.degrees!r}, {self.translate!r}")
+            raise ConfigError(
+                f"RandomAffine needs degrees >= 0 and 0 <= translate < 1, got {self.degrees!r}, {self.translate!r}"
+            )
         low, high = self.scale
         if not 0 < low <= high:
-            raise ConfigError(f"RandomAffine scale must be a range (low, high) with 0 < low <= high, got {self.scale!r}")
+            raise ConfigError(
+                f"RandomAffine scale must be a range (low, high) with 0 < low <= high, got {self.scale!r}"
+            )
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = _check_images(x, "RandomAffine")
@@ -125,7 +131,9 @@ class RandomAffine:
         zoom = _uniform(n, self.scale[0], self.scale[1], generator, x)
         shift = torch.stack([_uniform(n, -self.translate, self.translate, generator, x) for _ in range(2)], 1) * 2.0
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (N, 2, 3)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        )  # (N, 2, 3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -162,7 +170,9 @@ def two_views(
     """``(cat[t(x), t(x)], cat[y, y])``: two independent views of every sample, labels repeated."""
     x = _check_images(x, "two_views")
     if y.shape[:1] != x.shape[:1]:
-        raise InputError(f"two_views: x has {x.shape[0]} samples but y has {tuple(y.shape)}; pass labels with one entry per sample")
+        raise InputError(
+            f"two_views: x has {x.shape[0]} samples but y has {tuple(y.shape)}; pass labels with one entry per sample"
+        )
     return torch.cat([transform(x, generator), transform(x, generator)]), torch.cat([y, y])
 
 
@@ -188,7 +198,9 @@ class _Wrapped:
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.loader:
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise InputError(f"{type(self).__name__} wraps a loader of (x, y) batches; got a batch of type {type(batch).__name__}")
+                raise InputError(
+                    f"{type(self).__name__} wraps a loader of (x, y) batches; got a batch of type {type(batch).__name__}"
+                )
             yield batch[0], batch[1]
 
 
@@ -203,7 +215,7 @@ class TwoViews(_Wrapped):
         super().__init__(loader, transform, seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        identity: BatchTransform = lambda x, g: x  # noqa: E731
+        identity: BatchTransform = lambda x, g: x
         for x, y in self._pairs():
             yield two_views(x, y, self.transform or identity, self.generator)
 
@@ -213,7 +225,9 @@ class Augmented(_Wrapped):
 
     def __init__(self, loader: Iterable[Any], transform: BatchTransform, *, seed: int = 0) -> None:
         if transform is None:
-            raise ConfigError("Augmented needs a transform, e.g. decouple.augment.mnist_augment(); iterate the loader itself for no augmentation")
+            raise ConfigError(
+                "Augmented needs a transform, e.g. decouple.augment.mnist_augment(); iterate the loader itself for no augmentation"
+            )
         super().__init__(loader, transform, seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import numpy as np
@@ -71,7 +71,7 @@ def _check_positive(name: str, value: int) -> None:
 
 def _read_data_file(name: str) -> bytes:
     """The bytes of ``decouple/experiments/data/<name>``, located with importlib.resources."""
-    resource = resources.files("decouple.experiments").joinpath("data", name)
+    resource = resources.files("decouple.experiments") / "data" / name
     if not resource.is_file():
         raise FileNotFoundError(
             f"decouple/experiments/data/{name} is missing from the installed package; reinstall torch-decouple, "
@@ -80,7 +80,7 @@ def _read_data_file(name: str) -> bytes:
     return resource.read_bytes()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mnist_arrays() -> dict[str, np.ndarray]:
     """The shipped MNIST arrays (uint8 images (N, 28, 28), uint8 labels), read once and made read-only."""
     with np.load(io.BytesIO(_read_data_file(_MNIST_FILE)), allow_pickle=False) as npz:
@@ -146,11 +146,13 @@ def mnist_loaders(
     return train, test
 
 
-@lru_cache(maxsize=None)
+@cache
 def _text_rows() -> tuple[tuple[str, int, str], ...]:
     """The shipped snippets as (text, label, split) rows, read once."""
     text = gzip.decompress(_read_data_file(_TEXT_FILE)).decode("utf-8")
-    return tuple((row["text"], int(row["label"]), row["split"]) for row in csv.DictReader(io.StringIO(text, newline="")))
+    return tuple(
+        (row["text"], int(row["label"]), row["split"]) for row in csv.DictReader(io.StringIO(text, newline=""))
+    )
 
 
 def load_rotten_tomatoes(split: str = "train") -> tuple[list[str], torch.Tensor]:

@@ -48,7 +48,11 @@ class DemoConfig:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(sorted(METHODS))}")
         most = len(DEMO_SPLITS) + (0 if self.method == "al" else 1)
         if not 2 <= self.stages <= most:
-            why = "al replaces the classifier, so its stages are the 2 conv blocks" if self.method == "al" else "one stage per block"
+            why = (
+                "al replaces the classifier, so its stages are the 2 conv blocks"
+                if self.method == "al"
+                else "one stage per block"
+            )
             raise ConfigError(f"the demo CNN has 2 conv blocks and a classifier ({why}), so --stages must be 2 to {most}, "
                               f"got {self.stages}; examples/vision_compare.py trains deeper models")  # fmt: skip
         for name in ("epochs", "batch_size", "threads"):
@@ -99,11 +103,15 @@ def run_demo(config: DemoConfig) -> list[RunResult]:
     """Train ``config.method`` and the ``bp`` baseline on the demo CNN; print progress, accuracies and parameters."""
     config.check()
     with torch_threads(config.threads):
-        data = image_data("mnist", batch_size=config.batch_size, train_limit=config.train_limit, test_limit=config.test_limit)
+        data = image_data(
+            "mnist", batch_size=config.batch_size, train_limit=config.train_limit, test_limit=config.test_limit
+        )
         torch.manual_seed(config.seed)
         model = DemoCNN(data.channels, data.num_classes, data.size)  # one initial model for every method
         augment = "random shifts of up to 2 pixels" if config.augment else "no augmentation"
-        print(f"decouple demo: DemoCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on the bundled {data.describe()}")
+        print(
+            f"decouple demo: DemoCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on the bundled {data.describe()}"
+        )
         print(f"{config.stages} stages (splits {', '.join(config.splits)}) on cpu, {_plural(config.epochs, 'epoch')}, batch {config.batch_size}, "
               f"Adam lr {config.lr:g} with cosine decay, {augment}, seed {config.seed}")  # fmt: skip
         methods = [config.method] + ([BASELINE] if config.method != BASELINE else [])

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..errors import ConfigError, close_matches
 from .augment import Compose, cifar_augment, mnist_augment
 from .datasets import mnist_loaders
-from ..errors import ConfigError, close_matches
 
 __all__ = ["ImageData", "DATASETS", "CIFAR_MEAN", "CIFAR_STD", "image_data", "load_cifar"]
 
@@ -58,7 +58,9 @@ def load_cifar(name: str, root: str, split: str, *, download: bool = True) -> tu
     try:
         dataset = _torchvision_cifar(name)(root, train=split == "train", download=download)
     except RuntimeError as exc:
-        raise ConfigError(f"cannot load {name} from {root!r} ({exc}); pass --data-root to a folder holding it, or allow the download") from exc
+        raise ConfigError(
+            f"cannot load {name} from {root!r} ({exc}); pass --data-root to a folder holding it, or allow the download"
+        ) from exc
     x = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
@@ -73,7 +75,9 @@ def _limit(x: torch.Tensor, y: torch.Tensor, limit: int | None, name: str) -> tu
     return x[:limit], y[:limit]
 
 
-def _cifar(name: str, root: str, batch_size: int, train_limit: int | None, test_limit: int | None, seed: int, download: bool) -> ImageData:
+def _cifar(
+    name: str, root: str, batch_size: int, train_limit: int | None, test_limit: int | None, seed: int, download: bool
+) -> ImageData:
     x_train, y_train = _limit(*load_cifar(name, root, "train", download=download), train_limit, "train_limit")
     x_test, y_test = _limit(*load_cifar(name, root, "test", download=download), test_limit, "test_limit")
     generator = torch.Generator()
@@ -100,10 +104,14 @@ def image_data(
     ``*_limit`` keeps the first N samples.
     """
     if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}{close_matches(dataset, DATASETS)}; choose from {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"unknown dataset {dataset!r}{close_matches(dataset, DATASETS)}; choose from {', '.join(DATASETS)}"
+        )
     if dataset == "mnist":
         train, test = mnist_loaders(batch_size, train_limit=train_limit, test_limit=test_limit, seed=seed)
         return ImageData("mnist", train, test, 10, 1, 28, mnist_augment())
     if data_root is None:
-        raise ConfigError(f"--dataset {dataset} needs --data-root DIR: the folder torchvision downloads {dataset} to (or already holds it)")
+        raise ConfigError(
+            f"--dataset {dataset} needs --data-root DIR: the folder torchvision downloads {dataset} to (or already holds it)"
+        )
     return _cifar(dataset, data_root, batch_size, train_limit, test_limit, seed, download)

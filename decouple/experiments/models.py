@@ -153,16 +153,36 @@ ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
         Architecture("demo", "demo CNN", DemoCNN, ("block1",), ("block1", "block2"), 32, 64),
-        Architecture("convnet", "Vanilla ConvNet", ConvNet, ("block1", "block2", "block3"), ("block1", "block2", "block3"), 16, 128),
-        Architecture("vgg", "VGG", VGG, ("block1", "block2", "block3"), ("block1", "block2", "block3", "block4"), 16, 64),
-        Architecture("resnet18", "ResNet-18", ResNet18, ("layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3", "layer4"), 8, 64),
+        Architecture(
+            "convnet",
+            "Vanilla ConvNet",
+            ConvNet,
+            ("block1", "block2", "block3"),
+            ("block1", "block2", "block3"),
+            16,
+            128,
+        ),
+        Architecture(
+            "vgg", "VGG", VGG, ("block1", "block2", "block3"), ("block1", "block2", "block3", "block4"), 16, 64
+        ),
+        Architecture(
+            "resnet18",
+            "ResNet-18",
+            ResNet18,
+            ("layer1", "layer2", "layer3"),
+            ("layer1", "layer2", "layer3", "layer4"),
+            8,
+            64,
+        ),
     )
 }
 
 
 def get_architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {name!r}{close_matches(name, ARCHITECTURES)}; choose from {', '.join(ARCHITECTURES)}")
+        raise ConfigError(
+            f"unknown architecture {name!r}{close_matches(name, ARCHITECTURES)}; choose from {', '.join(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[name]
 
 

@@ -15,7 +15,16 @@ from pathlib import Path
 from ..errors import ConfigError
 from .training import RunResult
 
-__all__ = ["Summary", "summarize", "accuracy_table", "parameter_table", "write_epochs_csv", "read_epochs_csv", "write_summary_csv", "plot_curves"]
+__all__ = [
+    "Summary",
+    "summarize",
+    "accuracy_table",
+    "parameter_table",
+    "write_epochs_csv",
+    "read_epochs_csv",
+    "write_summary_csv",
+    "plot_curves",
+]
 
 BASELINE = "bp"
 
@@ -53,7 +62,7 @@ def _markers(summaries: dict[tuple[str, str], Summary], labels: list[str], arch:
     present = [lb for lb in labels if (lb, arch) in summaries]
     baselines = [lb for lb in present if summaries[(lb, arch)].runs[0].method == BASELINE]
     others = [lb for lb in present if lb not in baselines]
-    marks = {lb: "" for lb in present}
+    marks = dict.fromkeys(present, "")
     if len(others) > 1:
         best = max(summaries[(lb, arch)].mean for lb in others)
         for lb in others:
@@ -69,7 +78,10 @@ def _markers(summaries: dict[tuple[str, str], Summary], labels: list[str], arch:
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -82,7 +94,10 @@ def accuracy_table(results: Sequence[RunResult], titles: dict[str, str] | None =
     marks = {arch: _markers(summaries, labels, arch) for arch in archs}
     rows = []
     for label in labels:
-        cells = [f"{summaries[(label, a)].cell()}{marks[a].get(label, '')}" if (label, a) in summaries else "-" for a in archs]
+        cells = [
+            f"{summaries[(label, a)].cell()}{marks[a].get(label, '')}" if (label, a) in summaries else "-"
+            for a in archs
+        ]
         rows.append([label, *cells])
     seeds = max(len(s.runs) for s in summaries.values())
     header = ["test accuracy (%)", *[(titles or {}).get(a, a) for a in archs]]
@@ -121,7 +136,18 @@ def write_epochs_csv(results: Sequence[RunResult], path: str | Path) -> Path:
                 train = r.train_accuracy[e] if e < len(r.train_accuracy) else None
                 losses = r.losses[e] if e < len(r.losses) else {}
                 shown = ";".join(f"{k}={v:.4f}" for k, v in losses.items())
-                writer.writerow([r.arch, r.label, r.method, r.seed, e + 1, f"{acc:.4f}", "" if train is None else f"{train:.4f}", shown])
+                writer.writerow(
+                    [
+                        r.arch,
+                        r.label,
+                        r.method,
+                        r.seed,
+                        e + 1,
+                        f"{acc:.4f}",
+                        "" if train is None else f"{train:.4f}",
+                        shown,
+                    ]
+                )
     return path
 
 
@@ -150,11 +176,24 @@ def write_summary_csv(results: Sequence[RunResult], path: str | Path) -> Path:
         for (label, arch), s in summaries.items():
             p = s.runs[0].params
             counts = [p.training, p.inference, p.original] if p is not None else ["", "", ""]
-            writer.writerow([arch, label, s.runs[0].method, len(s.runs), f"{s.mean:.4f}", f"{s.std:.4f}", f"{s.seconds:.1f}", *counts])
+            writer.writerow(
+                [
+                    arch,
+                    label,
+                    s.runs[0].method,
+                    len(s.runs),
+                    f"{s.mean:.4f}",
+                    f"{s.std:.4f}",
+                    f"{s.seconds:.1f}",
+                    *counts,
+                ]
+            )
     return path
 
 
-def plot_curves(results: Sequence[RunResult], path: str | Path, *, title: str = "", titles: dict[str, str] | None = None) -> Path:
+def plot_curves(
+    results: Sequence[RunResult], path: str | Path, *, title: str = "", titles: dict[str, str] | None = None
+) -> Path:
     """Test accuracy per epoch, a line per label (mean over seeds, shaded ± std), a panel per architecture."""
     try:
         import matplotlib

@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 import torch
 
 from .. import parse_options
-from .augment import Augmented, TwoViews
 from ..errors import ConfigError, DecoupleError
-from .training import SCHEDULES, FitFunction, RunResult, torch_threads, train_and_evaluate
+from .augment import Augmented, TwoViews
 from .image_data import DATASETS, ImageData, image_data
 from .models import ARCHITECTURES, get_architecture
+from .training import SCHEDULES, FitFunction, RunResult, torch_threads, train_and_evaluate
 
 __all__ = ["Variant", "Study", "add_study_arguments", "study_from_args", "parse_method_options", "run_script"]
 
@@ -40,32 +40,67 @@ class Variant:
 def add_study_arguments(parser: argparse.ArgumentParser, *, archs: str, epochs: int, seeds: int, out: str) -> None:
     """The flags every comparison example takes; the defaults run in minutes on a CPU."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="mnist", choices=DATASETS, help="mnist (bundled, offline; default) or torchvision's CIFAR")
+    data.add_argument(
+        "--dataset", default="mnist", choices=DATASETS, help="mnist (bundled, offline; default) or torchvision's CIFAR"
+    )
     data.add_argument("--data-root", metavar="DIR", help="where torchvision keeps (or downloads) CIFAR")
     data.add_argument("--no-download", action="store_true", help="never download CIFAR; fail if --data-root lacks it")
     data.add_argument("--train-limit", type=int, metavar="N", help="train on the first N training images")
     data.add_argument("--test-limit", type=int, metavar="N", help="test on the first N test images")
-    data.add_argument("--views", type=int, default=1, choices=(1, 2),
-                      help="2: every batch holds two augmented views of each image (the papers' SupCon batches), for every method")
-    data.add_argument("--no-augment", action="store_true", help="no augmentation (default: shifts for MNIST, crop + flip for CIFAR)")
+    data.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: every batch holds two augmented views of each image (the papers' SupCon batches), for every method",
+    )
+    data.add_argument(
+        "--no-augment", action="store_true", help="no augmentation (default: shifts for MNIST, crop + flip for CIFAR)"
+    )
     model = parser.add_argument_group("models and training")
-    model.add_argument("--archs", default=archs, help=f"comma-separated, from {', '.join(a for a in ARCHITECTURES if a != 'demo')} (default {archs})")
-    model.add_argument("--width", default="small", help="channels of the first block: an int, 'small' (CPU default) or 'paper' (GPU scale)")
-    model.add_argument("--epochs", type=int, default=epochs, help=f"epochs per run (default {epochs}; the papers train 200 or more)")
-    model.add_argument("--batch-size", type=int, default=128, help="batch size before the views are concatenated (default 128)")
-    model.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="per-stage optimizer (default adam)")
+    model.add_argument(
+        "--archs",
+        default=archs,
+        help=f"comma-separated, from {', '.join(a for a in ARCHITECTURES if a != 'demo')} (default {archs})",
+    )
+    model.add_argument(
+        "--width",
+        default="small",
+        help="channels of the first block: an int, 'small' (CPU default) or 'paper' (GPU scale)",
+    )
+    model.add_argument(
+        "--epochs", type=int, default=epochs, help=f"epochs per run (default {epochs}; the papers train 200 or more)"
+    )
+    model.add_argument(
+        "--batch-size", type=int, default=128, help="batch size before the views are concatenated (default 128)"
+    )
+    model.add_argument(
+        "--optimizer", default="adam", choices=("adam", "sgd"), help="per-stage optimizer (default adam)"
+    )
     model.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     model.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    model.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="per-epoch learning-rate schedule (default cosine)")
-    model.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                       help="an option of one method, e.g. scl:temperature=0.5 or al:first_loss=ce (repeatable)")
+    model.add_argument(
+        "--schedule", default="cosine", choices=SCHEDULES, help="per-epoch learning-rate schedule (default cosine)"
+    )
+    model.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="an option of one method, e.g. scl:temperature=0.5 or al:first_loss=ce (repeatable)",
+    )
     run = parser.add_argument_group("runs")
     run.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    run.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds: --seed, --seed + 1, ... (default {seeds})")
+    run.add_argument(
+        "--seeds", type=int, default=seeds, help=f"number of seeds: --seed, --seed + 1, ... (default {seeds})"
+    )
     run.add_argument("--device", default="cpu", help="device of every stage, e.g. cuda or cuda:0 (default cpu)")
-    run.add_argument("--threads", type=int,
-                     help="torch intra-op threads (default on cpu: 1, since pipelined stages run a thread each and small "
-                          "convolutions gain little from more on a shared machine; otherwise torch's choice)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default on cpu: 1, since pipelined stages run a thread each and small "
+        "convolutions gain little from more on a shared machine; otherwise torch's choice)",
+    )
     run.add_argument("--out", default=out, metavar="DIR", help=f"folder for the CSV files and figures (default {out})")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -20,7 +20,16 @@ from torch import nn
 from .. import DecoupledModel, ParamCounts, RunStats, convert
 from ..errors import ConfigError
 
-__all__ = ["RunResult", "FitFunction", "evaluate", "optimizer_factory", "train_and_evaluate", "SCHEDULES", "RECIPES", "torch_threads"]
+__all__ = [
+    "RunResult",
+    "FitFunction",
+    "evaluate",
+    "optimizer_factory",
+    "train_and_evaluate",
+    "SCHEDULES",
+    "RECIPES",
+    "torch_threads",
+]
 
 SCHEDULES = ("cosine", "constant")
 
@@ -72,7 +81,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def evaluate(module: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
+def evaluate(
+    module: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Any], device: str | torch.device = "cpu"
+) -> float:
     """Share of ``loader``'s samples whose argmax prediction equals the label."""
     correct = total = 0
     with torch.no_grad():
@@ -85,7 +96,9 @@ def evaluate(module: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[An
     return correct / total
 
 
-def optimizer_factory(lr: float, weight_decay: float = 0.0, kind: str = "adam") -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
+def optimizer_factory(
+    lr: float, weight_decay: float = 0.0, kind: str = "adam"
+) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
     """A per-stage optimizer factory: Adam (the papers' released code) or SGD with momentum 0.9."""
     if lr <= 0:
         raise ConfigError(f"the learning rate must be positive, got {lr}")
@@ -101,7 +114,11 @@ def _schedulers(dm: DecoupledModel, schedule: str, epochs: int) -> list[Any]:
         raise ConfigError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return []
-    return [torch.optim.lr_scheduler.CosineAnnealingLR(s.optimizer, T_max=epochs) for s in dm.stages if s.optimizer is not None]
+    return [
+        torch.optim.lr_scheduler.CosineAnnealingLR(s.optimizer, T_max=epochs)
+        for s in dm.stages
+        if s.optimizer is not None
+    ]
 
 
 def train_and_evaluate(

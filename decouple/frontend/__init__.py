@@ -9,4 +9,13 @@ from .inputs import InputSpec, normalize_example_inputs
 from .trace import Trace, TracerName
 from .tracer import TRACERS, TracerFallbackWarning, trace, trace_modes
 
-__all__ = ["Trace", "TracerName", "InputSpec", "normalize_example_inputs", "TracerFallbackWarning", "trace", "trace_modes", "TRACERS"]
+__all__ = [
+    "Trace",
+    "TracerName",
+    "InputSpec",
+    "normalize_example_inputs",
+    "TracerFallbackWarning",
+    "trace",
+    "trace_modes",
+    "TRACERS",
+]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["attribute", "has_attribute"]
+import torch.fx as fx
+
+__all__ = ["attribute", "has_attribute", "qualified_target"]
+
+
+def qualified_target(node: fx.Node) -> str:
+    """The dotted path a ``call_module``, ``get_attr`` or ``call_method`` node names (its target)."""
+    assert isinstance(node.target, str), f"node {node.name} ({node.op}) targets {node.target!r}, not a name"
+    return node.target
 
 
 def attribute(root: Any, target: str) -> Any:

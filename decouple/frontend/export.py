@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -64,7 +64,7 @@ def trace_export(
     exported = _export(model, named)
     gm = exported.module()
     graph = gm.graph
-    in_spec, out_spec = gm._in_spec, gm._out_spec  # type: ignore[attr-defined]
+    in_spec, out_spec = gm._in_spec, gm._out_spec
     traced = traced_leaves(graph, named)
     _drop_guards(graph)
     _bind_placeholders(graph, inputs, named, in_spec)
@@ -104,7 +104,7 @@ def _dynamic_dims(value: Any) -> Any:
     """``Dim.AUTO`` for every dimension of every tensor in ``value``; ``None`` for other leaves."""
     auto = torch.export.Dim.AUTO
     return pytree.tree_map(
-        lambda x: {i: auto for i in range(x.dim())} if isinstance(x, torch.Tensor) and x.dim() else None, value
+        lambda x: dict.fromkeys(range(x.dim()), auto) if isinstance(x, torch.Tensor) and x.dim() else None, value
     )
 
 
@@ -139,9 +139,9 @@ def _describe_failure(model: nn.Module, exc: Exception) -> str:
 def _drop_guards(graph: fx.Graph) -> None:
     """Remove the ``_guards_fn`` call (input shape guards) and dtype/device metadata asserts."""
     for node in list(graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn":
-            graph.erase_node(node)
-        elif node.op == "call_function" and _op_name(node.target) in _METADATA_ASSERTS and not node.users:
+        if (node.op == "call_module" and node.target == "_guards_fn") or (
+            node.op == "call_function" and _op_name(node.target) in _METADATA_ASSERTS and not node.users
+        ):
             graph.erase_node(node)
 
 
@@ -153,12 +153,15 @@ def _bind_placeholders(graph: fx.Graph, inputs: InputSpec, named: dict[str, Any]
     """
     leaves, spec = pytree.tree_flatten_with_path(((), named))
     if spec != in_spec:
-        raise TraceError(f"torch.export flattened the inputs as {in_spec}, expected {spec}; pass example_inputs by name")
+        raise TraceError(
+            f"torch.export flattened the inputs as {in_spec}, expected {spec}; pass example_inputs by name"
+        )
     old = [n for n in graph.nodes if n.op == "placeholder"]
     assert len(old) == len(leaves), "one placeholder per flat input"
     by_arg: dict[str, list[tuple[tuple[Any, ...], fx.Node]]] = {}
     for (path, _), node in zip(leaves, old):
-        by_arg.setdefault(path[1].key, []).append((tuple(path[2:]), node))
+        argument = cast(pytree.MappingKey[str, Any], path[1]).key  # ((), {name: value}): the kwargs' key
+        by_arg.setdefault(argument, []).append((tuple(path[2:]), node))
     first = next(n for n in graph.nodes if n.op != "placeholder")
     created: dict[str, fx.Node] = {}
     for name in list(inputs.names):
@@ -248,7 +251,7 @@ def _normalise_scopes(graph: fx.Graph, model: nn.Module) -> None:
 def _strip_prefix(key: str) -> str:
     for prefix in _SCOPE_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -279,9 +282,9 @@ def _live_tensor(nodes: list[fx.Node], position: dict[fx.Node, int], i: int) -> 
     """The closest tensor before position ``i`` that a node after ``i`` reads; else the first tensor input."""
     for j in range(i - 1, -1, -1):
         candidate = nodes[j]
-        if candidate.op in _VALUE_OPS and _is_tensor_node(candidate):
-            if any(position.get(u, -1) > i for u in candidate.users):
-                return candidate
+        live = candidate.op in _VALUE_OPS and _is_tensor_node(candidate)
+        if live and any(position.get(u, -1) > i for u in candidate.users):
+            return candidate
     return next((n for n in nodes if n.op == "placeholder" and _is_tensor_node(n)), None)
 
 
@@ -328,7 +331,7 @@ def _build(graph: fx.Graph, spec: Any, leaves: Iterator[Any], model: nn.Module) 
     if isinstance(kind, type) and issubclass(kind, dict) and not dataclasses.is_dataclass(kind):
         return dict(zip(spec.context, children))
     if dataclasses.is_dataclass(kind) and isinstance(spec.context, (list, tuple)):
-        node = graph.call_function(kind, (), dict(zip(spec.context, children)))
+        node = graph.call_function(cast("Callable[..., Any]", kind), (), dict(zip(spec.context, children)))
         return node  # e.g. a Hugging Face ModelOutput, rebuilt from its fields
     raise TraceError(
         f"{type(model).__name__} returns a {getattr(kind, '__name__', kind)}, which decouple cannot rebuild from "
@@ -341,4 +344,3 @@ def _op_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         name = target._schema.name.split("::")[-1]
     return name
-

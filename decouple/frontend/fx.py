@@ -33,7 +33,11 @@ class _ScopeTracer(fx.Tracer):
     """An fx tracer with user leaf modules that also records what each module call returned."""
 
     def __init__(
-        self, leaf_modules: Iterable[Any], autowrap_functions: Iterable[Callable[..., Any]], *, proxy_buffers: bool = True
+        self,
+        leaf_modules: Iterable[Any],
+        autowrap_functions: Iterable[Callable[..., Any]],
+        *,
+        proxy_buffers: bool = True,
     ) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.proxy_buffer_attributes = proxy_buffers  # buffers read in forward become get_attr nodes
@@ -51,7 +55,9 @@ class _ScopeTracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         qualname = self.path_of_module(m)
         count = self.calls.get(qualname, 0)
         self.calls[qualname] = count + 1
@@ -79,7 +85,7 @@ def trace_fx(
     tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=True)
     try:
         graph = tracer.trace(model, concrete_args=concrete)
-    except Exception:  # fx raises many types: TraceError, TypeError, AttributeError, ...
+    except Exception as proxied:  # fx raises many types: TraceError, TypeError, AttributeError, ...
         tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=False)
         saved = save_buffers(model)
         try:
@@ -95,7 +101,7 @@ def trace_fx(
                 "also reads buffers in Python control flow, so torch.fx cannot trace the update into the graph.\n"
                 "Fix: run the module that owns the buffer as one opaque call with leaf_modules=[...] (its buffers then "
                 "update inside it), or trace with tracer='export'."
-            )
+            ) from proxied
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _drop_specialization_guards(gm, inputs)
     _drop_var_keyword(gm, inputs)

@@ -80,7 +80,7 @@ class InputSpec:
     @classmethod
     def from_example(cls, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InputSpec:
         sig = signature_of(model)
-        params = [p for p in sig.parameters.values()]
+        params = list(sig.parameters.values())
         var = [p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
         if var:
             raise InputError(
@@ -96,9 +96,7 @@ class InputSpec:
             for k in kwargs:
                 if k not in names:
                     hint = close_matches(k, names)
-            raise InputError(
-                f"example_inputs do not match {type(model).__name__}.forward{sig}: {exc}{hint}"
-            ) from exc
+            raise InputError(f"example_inputs do not match {type(model).__name__}.forward{sig}: {exc}{hint}") from exc
         given = dict(bound.arguments)
         if var_keyword is not None and given.pop(var_keyword, None):
             extra = sorted(bound.arguments[var_keyword])
@@ -124,13 +122,13 @@ class InputSpec:
                 f"does not read; the model was converted with inputs {self.names}"
             )
         for name, value in values.items():
-            if name in self.specialized and value is not self.specialized[name]:
-                if not _same_constant(value, self.specialized[name]):
-                    raise InputError(
-                        f"argument {name!r} was not in example_inputs, so tracing fixed it to "
-                        f"{self.specialized[name]!r}; pass it in example_inputs at convert() time "
-                        "to make it a graph input"
-                    )
+            fixed = self.specialized.get(name, value)
+            if name in self.specialized and value is not fixed and not _same_constant(value, fixed):
+                raise InputError(
+                    f"argument {name!r} was not in example_inputs, so tracing fixed it to "
+                    f"{self.specialized[name]!r}; pass it in example_inputs at convert() time "
+                    "to make it a graph input"
+                )
         missing = [n for n in self.names if n not in values]
         if missing:
             raise InputError(

@@ -39,7 +39,9 @@ def traced_leaves(graph: fx.Graph, named: dict[str, Any]) -> dict[str, list[Any]
     return {name: [next(values) for _ in pytree.tree_leaves(value)] for name, value in named.items()}
 
 
-def guard_fixed_dims(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], traced: dict[str, list[Any]]) -> None:
+def guard_fixed_dims(
+    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], traced: dict[str, list[Any]]
+) -> None:
     """Check on entry the input dimensions the graph only supports at their example size.
 
     These are the dimensions export kept static, plus those it marked dynamic but that an op
@@ -71,7 +73,9 @@ def guard_fixed_dims(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any
                 last = graph.call_function(check_input_shape, (placeholders[inputs.placeholders[name]], name, pinned))
 
 
-def _specialised_symbols(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]]) -> list[str]:
+def _specialised_symbols(
+    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]]
+) -> list[str]:
     """The dynamic sizes the graph fails to change: all of them changed at once fails, all but one passes."""
     if not symbols or _runs(gm, inputs, named, symbols, set(symbols)):
         return []
@@ -81,7 +85,9 @@ def _specialised_symbols(gm: fx.GraphModule, inputs: InputSpec, named: dict[str,
     return list(symbols)  # several sizes are pinned together: keep every dynamic size at its example value
 
 
-def _runs(gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]], changed: set[str]) -> bool:
+def _runs(
+    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]], changed: set[str]
+) -> bool:
     """Whether the graph runs on fake inputs whose sizes in ``changed`` differ from the example's."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 

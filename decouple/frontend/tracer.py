@@ -77,7 +77,9 @@ def trace_modes(
     frontend: TracerName = "fx" if tracer == "auto" else tracer
 
     def run(training: bool) -> Trace:
-        return trace(model, args, kwargs, training=training, tracer=frontend, leaf_modules=leaves, autowrap_functions=wrapped)
+        return trace(
+            model, args, kwargs, training=training, tracer=frontend, leaf_modules=leaves, autowrap_functions=wrapped
+        )
 
     traces: dict[bool, Trace] = {}
     first, *rest = modes

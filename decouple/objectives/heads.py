@@ -80,8 +80,14 @@ def make_activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def make_mlp(in_dim: int, out_dim: int, *, hidden: int | None = None, activation: str | None = None,
-             hidden_activation: str = "relu") -> nn.Sequential:
+def make_mlp(
+    in_dim: int,
+    out_dim: int,
+    *,
+    hidden: int | None = None,
+    activation: str | None = None,
+    hidden_activation: str = "relu",
+) -> nn.Sequential:
     """``Linear(in, out)`` (or ``Linear(in, hidden) - act - Linear(hidden, out)``), then ``activation``."""
     layers: list[nn.Module] = []
     if hidden:

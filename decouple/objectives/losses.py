@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from ..errors import TargetError
 
-__all__ = ["supcon_loss", "default_task_loss", "logits_of", "check_class_targets", "check_task_targets", "SupConVariant"]
+__all__ = [
+    "supcon_loss",
+    "default_task_loss",
+    "logits_of",
+    "check_class_targets",
+    "check_task_targets",
+    "SupConVariant",
+]
 
 SupConVariant = Literal["paper", "released"]
 
@@ -137,7 +144,9 @@ def check_task_targets(logits: torch.Tensor, target: Any) -> None:
             )
         return
     if target.is_complex() or target.dtype == torch.bool:
-        raise TargetError(f"targets of dtype {target.dtype} are neither class indices nor probabilities; use target.long()")
+        raise TargetError(
+            f"targets of dtype {target.dtype} are neither class indices nor probabilities; use target.long()"
+        )
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:
         raise TargetError(

@@ -232,11 +232,15 @@ def make_pool(
         kind = "mean" if sequence else "avg"
     if kind == "mean":
         if dims != 3:
-            raise ConfigError(f"pool='mean' averages over tokens of (N, T, D); the representation has shape {tuple(example.shape)}")
+            raise ConfigError(
+                f"pool='mean' averages over tokens of (N, T, D); the representation has shape {tuple(example.shape)}"
+            )
         return TokenMean()
     if kind in ("first", "cls", "last"):
         if dims != 3:
-            raise ConfigError(f"pool={kind!r} selects a token of (N, T, D); the representation has shape {tuple(example.shape)}")
+            raise ConfigError(
+                f"pool={kind!r} selects a token of (N, T, D); the representation has shape {tuple(example.shape)}"
+            )
         return TokenSelect(-1 if kind == "last" else 0)
     # "avg": a fixed grid over the spatial dims of a channel-first map
     spatial = dims - 2

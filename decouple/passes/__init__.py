@@ -6,7 +6,8 @@ crosses a cut), ``pooling.py`` and ``masks.py`` (what a local head reads), and t
 Importing this package registers the built-in methods: each method module registers itself.
 """
 
-# isort: off  (each method module registers its method on import: this order is the order METHODS lists them)
+# Each method module registers its method on import; this order is the order METHODS lists them.
+# isort: off
 from .scl import SupConOptions, attach_supcon
 from .al import AssociatedOptions, attach_associated_learning
 from .early_exit import ExitOptions, attach_exits

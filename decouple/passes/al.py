@@ -75,7 +75,9 @@ def attach_associated_learning(program: Program, options: Any) -> None:
         width = options.label_dim
         bridge = PooledHead(
             pool,
-            make_mlp(output_dim(pool, example), width, hidden=options.bridge_width, activation=options.bridge_activation),
+            make_mlp(
+                output_dim(pool, example), width, hidden=options.bridge_width, activation=options.bridge_activation
+            ),
         )
         t_prev = classes if i == 1 else width
         encoder = make_mlp(t_prev, width, activation=options.encoder_activation)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..compiler.partition import StagePlan
 from ..compiler.program import Program
+from ..frontend.attributes import qualified_target
 from ..tree import tensor_leaves
 
 __all__ = ["detach_boundaries", "mutated_inputs"]
@@ -102,10 +103,10 @@ def _mutates(node: fx.Node, value: fx.Node, root: nn.Module) -> bool:
         return True
     first = node.args[0] if node.args else None
     if node.op == "call_module":
-        module = root.get_submodule(node.target)
+        module = root.get_submodule(qualified_target(node))
         return first is value and bool(getattr(module, "inplace", False))
     if node.op == "call_method":
-        name = node.target
+        name = qualified_target(node)
         return first is value and name.endswith("_") and not name.startswith("__")
     if node.op == "call_function":
         target = node.target
@@ -118,7 +119,9 @@ def _mutates(node: fx.Node, value: fx.Node, root: nn.Module) -> bool:
                 for i, a in enumerate(schema.arguments)
             )
         name = getattr(target, "__name__", "")
-        if first is value and (name.endswith("_") and not name.startswith("__") or node.kwargs.get("inplace") is True):
+        if first is value and (
+            (name.endswith("_") and not name.startswith("__")) or node.kwargs.get("inplace") is True
+        ):
             return True
         # F.relu(x, True)-style positional inplace flags
         if first is value and name in _POSITIONAL_INPLACE and len(node.args) > _POSITIONAL_INPLACE[name]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, close_matches
 from ..compiler.program import Program
+from ..errors import ConfigError, close_matches
 
 __all__ = ["AUTO_MASK_NAME", "find_mask", "carry_value"]
 

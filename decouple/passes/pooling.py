@@ -16,6 +16,7 @@ from torch import nn
 
 from ..compiler.program import Program
 from ..errors import ConfigError
+from ..frontend.attributes import qualified_target
 from ..objectives.losses import logits_of
 from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, make_pool, reads_mask
 from ..tree import first_tensor
@@ -32,7 +33,15 @@ _LAYOUT_PRESERVING_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.Hardswish, nn.Hardtanh,
     nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.Identity,
 )  # fmt: skip
-_CHANNEL_FIRST_FUNCTIONS = {"conv1d", "conv_transpose1d", "max_pool1d", "avg_pool1d", "adaptive_avg_pool1d", "batch_norm", "instance_norm"}
+_CHANNEL_FIRST_FUNCTIONS = {
+    "conv1d",
+    "conv_transpose1d",
+    "max_pool1d",
+    "avg_pool1d",
+    "adaptive_avg_pool1d",
+    "batch_norm",
+    "instance_norm",
+}
 
 
 @dataclass(frozen=True)
@@ -118,10 +127,11 @@ def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
 def is_channel_first(program: Program, k: int) -> bool:
     """Whether stage ``k``'s 3-D representation is ``(N, C, L)`` (from a Conv1d-like op)."""
     plan = program.stages[k].plans[True]
+    assert plan.representation is not None, "only stages before the last have a representation to pool"
     node = program.node(True, plan.representation)
     for _ in range(16):  # walk back through layout-preserving ops (activations, residual adds)
         if node.op == "call_module":
-            module = program.root.get_submodule(node.target)
+            module = program.root.get_submodule(qualified_target(node))
             if isinstance(module, CHANNEL_FIRST_MODULES):
                 return True
             if not isinstance(module, _LAYOUT_PRESERVING_MODULES):

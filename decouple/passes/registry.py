@@ -18,7 +18,16 @@ from typing import Any
 from ..compiler.program import Program
 from ..errors import ConfigError, close_matches
 
-__all__ = ["Pass", "Method", "METHODS", "get_method", "method_options", "run_passes", "register_method", "parse_options"]
+__all__ = [
+    "Pass",
+    "Method",
+    "METHODS",
+    "get_method",
+    "method_options",
+    "run_passes",
+    "register_method",
+    "parse_options",
+]
 
 Pass = Callable[[Program, Any], None]
 

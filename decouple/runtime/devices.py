@@ -9,9 +9,9 @@ allocator from reusing memory another stream still reads. On CPU all of this is 
 
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -35,7 +35,7 @@ def streams_for(device: torch.device) -> Streams | None:
     return Streams(torch.cuda.Stream(device=device), torch.cuda.Stream(device=device))
 
 
-def stage_context(device: torch.device, streams: Streams | None) -> ContextManager[Any]:
+def stage_context(device: torch.device, streams: Streams | None) -> AbstractContextManager[Any]:
     """The device and compute stream a stage's thread runs under (nothing on CPU)."""
     if streams is None:
         return nullcontext()

@@ -41,7 +41,9 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be an int >= 1, got {epochs!r}")
     if on_epoch_end is not None and not callable(on_epoch_end):
-        raise ConfigError(f"on_epoch_end must be callable as on_epoch_end(epoch, stats), got {type(on_epoch_end).__name__}")
+        raise ConfigError(
+            f"on_epoch_end must be callable as on_epoch_end(epoch, stats), got {type(on_epoch_end).__name__}"
+        )
     use_pipeline = pipelined and not dm.end_to_end
     if record and not use_pipeline:
         why = f"method {dm.method!r} trains end to end" if dm.end_to_end else "pipelined=False"
@@ -67,7 +69,9 @@ def fit(
 
 def _finish_epoch(history: list[RunStats], epoch: int, stats: RunStats, on_epoch_end: EpochCallback | None) -> None:
     if stats.batches == 0:
-        raise InputError(f"the loader yielded no batches in epoch {epoch + 1}: fit() needs at least one batch per epoch")
+        raise InputError(
+            f"the loader yielded no batches in epoch {epoch + 1}: fit() needs at least one batch per epoch"
+        )
     history.append(stats)
     if on_epoch_end is not None:
         on_epoch_end(epoch, stats)
@@ -103,7 +107,7 @@ def _sequential_epoch(dm: StagedModel, loader: Iterable[Any], bar: Bar) -> RunSt
         samples += batch_size(args, kwargs, target)
         _show(bar, batches, meters)
     stats = RunStats(
-        losses={f"stage{k}": m.mean for k, m in enumerate(meters) if m.mean is not None},  # type: ignore[misc]
+        losses={f"stage{k}": m.mean for k, m in enumerate(meters) if m.mean is not None},
         batches=batches,
         samples=samples,
         seconds=time.perf_counter() - start,
@@ -124,7 +128,9 @@ def _length(loader: Iterable[Any]) -> int | None:
 def _bar(loader: Iterable[Any], epoch: int, epochs: int, progress: bool) -> Bar:
     from tqdm.auto import tqdm
 
-    return tqdm(total=_length(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=True)
+    return tqdm(
+        total=_length(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=True
+    )
 
 
 def _show(bar: Bar, done: int, meters: Sequence[StageMeter]) -> None:

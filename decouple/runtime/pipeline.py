@@ -20,19 +20,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
 from ..tree import detach_tree
+from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
-from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 
 __all__ = ["Batch", "Pipeline"]
 
@@ -101,7 +101,7 @@ class _Worker:
     last: bool
     streams: Streams | None = None
 
-    def context(self) -> ContextManager[Any]:
+    def context(self) -> AbstractContextManager[Any]:
         """The stage's device and compute stream for the whole worker loop (nothing on CPU)."""
         # A new thread runs MKL / OpenMP with their default thread count until ATen initialises it:
         # adopt the process's torch.set_num_threads now, or results and speed depend on the thread.
@@ -129,7 +129,8 @@ class _Worker:
         ready = ready_event(self.streams)
         if local is not None:
             scored = correct_predictions(local.prediction, batch.target) if self.last else None
-            self.meter.add(local.loss, *(scored or (None, 0)), event=ready)
+            correct, total = scored or (None, 0)
+            self.meter.add(local.loss, correct, total, event=ready)
         if self.last:
             return Batch(b, {}, None, None, batch.samples)
         return Batch(b, detach_tree(next_message), detach_tree(carry), batch.target, batch.samples, ready)
@@ -151,9 +152,9 @@ def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], fa
                     continue
                 try:
                     outbox.put(worker.train(item))
-                except BaseException:  # noqa: BLE001 - every fault, KeyboardInterrupt too, goes to the caller
+                except BaseException:
                     faults.report(index, item.index, sys.exc_info())
-    except BaseException:  # noqa: BLE001 - the device or stream could not be entered
+    except BaseException:
         faults.report(index, None, sys.exc_info())
         _discard(inbox, outbox)
 
@@ -199,7 +200,11 @@ class Pipeline:
         self.completed = 0  # batches the last stage has finished
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self._since_drain: tuple[int, int, float | None] = (0, 0, None)  # batches, samples, first submit after the last drain
+        self._since_drain: tuple[int, int, float | None] = (
+            0,
+            0,
+            None,
+        )  # batches, samples, first submit after the last drain
         self._samples = 0
         self._started = False
 
@@ -231,10 +236,14 @@ class Pipeline:
         ]  # fmt: skip
         self._queues: list[queue.Queue[Any]] = [queue.Queue(self.depth) for _ in self.stages]
         self._done: queue.Queue[Any] = queue.Queue()
-        outboxes = self._queues[1:] + [self._done]
+        outboxes = [*self._queues[1:], self._done]
         for worker, inbox, outbox in zip(self._workers, self._queues, outboxes):
-            thread = threading.Thread(target=_work, args=(worker, inbox, outbox, self._faults),
-                                      name=f"decouple-stage{worker.stage.index}", daemon=True)
+            thread = threading.Thread(
+                target=_work,
+                args=(worker, inbox, outbox, self._faults),
+                name=f"decouple-stage{worker.stage.index}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -368,7 +377,7 @@ class Pipeline:
             meters.append(w.meter)
             w.meter = StageMeter()
         stats = RunStats(
-            losses={f"stage{k}": m.mean for k, m in enumerate(meters) if m.mean is not None},  # type: ignore[misc]
+            losses={f"stage{k}": m.mean for k, m in enumerate(meters) if m.mean is not None},
             batches=self.completed - batches0,
             samples=self._samples - samples0,
             seconds=now - start,

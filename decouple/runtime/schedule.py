@@ -52,5 +52,7 @@ def schedule_violations(spans: Iterable[tuple[int, int, float, float]]) -> list[
     for (b, k), (start, _) in sorted(table.items()):
         for dep in dependencies(b, k):
             if dep in table and start < table[dep][1]:
-                problems.append(f"batch {b} on stage {k} started at {start:.6f}s before batch {dep[0]} on stage {dep[1]} ended at {table[dep][1]:.6f}s")
+                problems.append(
+                    f"batch {b} on stage {k} started at {start:.6f}s before batch {dep[0]} on stage {dep[1]} ended at {table[dep][1]:.6f}s"
+                )
     return problems

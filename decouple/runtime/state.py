@@ -87,7 +87,13 @@ def load_model_state(model: StagedModel, state: dict[str, Any], *, strict: bool 
 
 def stage_checkpoint(model: StagedModel, stage: Stage) -> dict[str, Any]:
     """What one rank saves (:data:`STAGE_FORMAT`): its stage's state, identified within the conversion."""
-    return {"format": STAGE_FORMAT, **_identity(model), "stage": stage.index, "num_stages": model.num_stages, **stage_state(stage)}
+    return {
+        "format": STAGE_FORMAT,
+        **_identity(model),
+        "stage": stage.index,
+        "num_stages": model.num_stages,
+        **stage_state(stage),
+    }
 
 
 def load_stage_checkpoint(model: StagedModel, stage: Stage, state: dict[str, Any]) -> None:
@@ -121,4 +127,10 @@ def merge_stage_checkpoints(parts: Sequence[dict[str, Any]], *, where: str = "th
     if len(steps) > 1:
         raise ConfigError(f"{where} were saved at different steps {sorted(steps)}; save them from one run")
     stages = [{key: p[key] for key in ("module", "objective", "optimizer")} for p in ordered]
-    return {"format": MODEL_FORMAT, "method": first["method"], "fingerprint": first["fingerprint"], "steps": first["steps"], "stages": stages}
+    return {
+        "format": MODEL_FORMAT,
+        "method": first["method"],
+        "fingerprint": first["fingerprint"],
+        "steps": first["steps"],
+        "stages": stages,
+    }

@@ -47,7 +47,7 @@ class Event:
 class _Span:
     """The context manager :meth:`Recorder.phase` returns; appends an :class:`Event` on exit."""
 
-    __slots__ = ("recorder", "batch", "phase", "start")
+    __slots__ = ("batch", "phase", "recorder", "start")
 
     def __init__(self, recorder: Recorder, batch: int, phase: str) -> None:
         self.recorder, self.batch, self.phase, self.start = recorder, batch, phase, 0.0
@@ -60,7 +60,9 @@ class _Span:
         if kind is None and rec.sync is not None:
             rec.sync()
         rec.events.append(
-            Event(rec.stage, self.batch, self.phase, self.start - rec.origin, time.perf_counter() - rec.origin, rec.device)
+            Event(
+                rec.stage, self.batch, self.phase, self.start - rec.origin, time.perf_counter() - rec.origin, rec.device
+            )
         )
 
 
@@ -162,10 +164,18 @@ class Timeline:
         fig, ax = plt.subplots(figsize=(11, 1.4 + 0.55 * rows))
         try:
             self._draw(ax)
-            ax.legend(handles=[Patch(color=_COLOURS[p], label=p) for p in PHASES], loc="upper left",
-                      bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-            ax.set_title(title or f"{len({e.batch for e in self.events})} batches on {self.num_stages} stages, "
-                         f"{self.span * 1e3:.1f} ms")
+            ax.legend(
+                handles=[Patch(color=_COLOURS[p], label=p) for p in PHASES],
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                frameon=False,
+                fontsize=8,
+            )
+            ax.set_title(
+                title
+                or f"{len({e.batch for e in self.events})} batches on {self.num_stages} stages, "
+                f"{self.span * 1e3:.1f} ms"
+            )
             fig.tight_layout()
             fig.savefig(path, dpi=dpi)
         finally:
@@ -177,11 +187,22 @@ class Timeline:
         for k in range(self.num_stages):
             row = self.num_stages - 1 - k  # stage 0 on top
             for e in self.stage_events(k):
-                ax.broken_barh([((e.start - origin) * 1e3, e.duration * 1e3)], (row - 0.4, 0.8),
-                               facecolors=_COLOURS[e.phase], linewidth=0)
+                ax.broken_barh(
+                    [((e.start - origin) * 1e3, e.duration * 1e3)],
+                    (row - 0.4, 0.8),
+                    facecolors=_COLOURS[e.phase],
+                    linewidth=0,
+                )
                 if e.phase == "forward" and e.duration * 1e3 > 0.04 * max(self.span * 1e3, 1e-9):
-                    ax.text((e.start - origin + e.duration / 2) * 1e3, row, str(e.batch),
-                            ha="center", va="center", fontsize=7, color="white")
+                    ax.text(
+                        (e.start - origin + e.duration / 2) * 1e3,
+                        row,
+                        str(e.batch),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white",
+                    )
         ax.set_yticks(range(self.num_stages))
         ax.set_yticklabels([f"stage {k} ({self.devices[k]})" for k in reversed(range(self.num_stages))])
         ax.set_xlabel("time (ms)")

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch import nn
 
@@ -93,7 +94,9 @@ def export_source(dm: DecoupledModel, directory: str | os.PathLike[str], *, exam
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ExportError(f"cannot create the folder {str(folder)!r} ({exc.strerror}); choose another place to export to") from exc
+        raise ExportError(
+            f"cannot create the folder {str(folder)!r} ({exc.strerror}); choose another place to export to"
+        ) from exc
     inference = dm.inference_module(device="cpu")
     jobs = _jobs(dm, inference)
     files = [_write(job, dm, folder) for job in jobs]
@@ -105,7 +108,7 @@ def export_source(dm: DecoupledModel, directory: str | os.PathLike[str], *, exam
     return ExportResult(str(folder), files, str(manifest), diff)
 
 
-def _jobs(dm: DecoupledModel, inference: nn.Module) -> list[_Job]:
+def _jobs(dm: DecoupledModel, inference: fx.GraphModule) -> list[_Job]:
     model = type(dm.program.root).__name__
     placeholders = [n.target for n in inference.graph.nodes if n.op == "placeholder"]
     jobs = [_Job("inference", None, inference, f"{model}Inference", "inference",
@@ -117,14 +120,36 @@ def _jobs(dm: DecoupledModel, inference: nn.Module) -> list[_Job]:
         outputs = ["output"] if io.last else list(io.outputs)
         covered = ", ".join(dm.program.stages[k].plan.modules) or "-"
         what = f"Stage {k} of {model} decoupled with method {dm.method!r} (modules: {covered})"
-        jobs.append(_Job("stage", k, stage.module, f"Stage{k}", f"stage{k}", f"{what}, training-mode graph.", True, list(io.inputs), outputs))
+        jobs.append(
+            _Job(
+                "stage",
+                k,
+                stage.module,
+                f"Stage{k}",
+                f"stage{k}",
+                f"{what}, training-mode graph.",
+                True,
+                list(io.inputs),
+                outputs,
+            )
+        )
         if stage.eval_module is not stage.module:
             eval_io = stage.io[False]
             eval_outputs = ["output"] if eval_io.last else list(eval_io.outputs)
             jobs.append(_Job("stage_eval", k, stage.eval_module, f"Stage{k}Eval", f"stage{k}_eval", f"{what}, eval-mode graph.",
                              False, list(eval_io.inputs), eval_outputs))  # fmt: skip
         if stage.objective is not None and any(True for _ in stage.objective.children()):
-            jobs.append(_Job("heads", k, stage.objective, f"Stage{k}Heads", f"stage{k}_heads", _heads_description(k, stage.objective), True))
+            jobs.append(
+                _Job(
+                    "heads",
+                    k,
+                    stage.objective,
+                    f"Stage{k}Heads",
+                    f"stage{k}_heads",
+                    _heads_description(k, stage.objective),
+                    True,
+                )
+            )
     return jobs
 
 
@@ -140,7 +165,11 @@ def _heads_description(k: int, objective: nn.Module) -> str:
 
 
 def _docstring(job: _Job, dm: DecoupledModel) -> str:
-    lines = [job.description, "", f"Exported by decouple; needs only torch. ``load()`` builds it and reads ``{job.stem}.pt``."]
+    lines = [
+        job.description,
+        "",
+        f"Exported by decouple; needs only torch. ``load()`` builds it and reads ``{job.stem}.pt``.",
+    ]
     if job.role != "heads":
         if job.stage is None:
             graph = dm.program.partitions[False].trace.graph
@@ -187,9 +216,13 @@ def _write(job: _Job, dm: DecoupledModel, folder: Path) -> ExportedFile:
     try:
         _load(source, job.stem).load()
     except Exception as exc:  # a mismatch here is a bug in the exporter, not in the user's input
-        raise ExportError(f"the exported {source.name} does not load its own weights ({type(exc).__name__}: {exc}); please report this") from exc
+        raise ExportError(
+            f"the exported {source.name} does not load its own weights ({type(exc).__name__}: {exc}); please report this"
+        ) from exc
     count = sum(p.numel() for p in {id(p): p for p in job.module.parameters()}.values())
-    return ExportedFile(job.role, job.stage, source.name, f"{job.stem}.pt", job.class_name, count, job.inputs, job.outputs)
+    return ExportedFile(
+        job.role, job.stage, source.name, f"{job.stem}.pt", job.class_name, count, job.inputs, job.outputs
+    )
 
 
 def _tensor_at(module: nn.Module, key: str) -> torch.Tensor:
@@ -210,7 +243,9 @@ def _load(path: Path, stem: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise ExportError(f"the exported {path.name} does not import ({type(exc).__name__}: {exc}); please report this") from exc
+        raise ExportError(
+            f"the exported {path.name} does not import ({type(exc).__name__}: {exc}); please report this"
+        ) from exc
     finally:
         del sys.modules[name]
     return module
@@ -225,17 +260,23 @@ def _verify(reference: nn.Module, exported_module: ModuleType, example_inputs: A
     want, want_spec = pytree.tree_flatten(expected)
     have, have_spec = pytree.tree_flatten(got)
     if want_spec != have_spec:
-        raise ExportError(f"the exported inference module returns {have_spec}, the original {want_spec}; please report this")
+        raise ExportError(
+            f"the exported inference module returns {have_spec}, the original {want_spec}; please report this"
+        )
     diff = 0.0
     for a, b in zip(want, have):
         if not isinstance(a, torch.Tensor):
             continue
         if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
-            raise ExportError(f"the exported inference module returns {_summary(b)} where the original returns {_summary(a)}; please report this")
+            raise ExportError(
+                f"the exported inference module returns {_summary(b)} where the original returns {_summary(a)}; please report this"
+            )
         if a.numel():
             diff = max(diff, float((a.double() - b.double()).abs().max()))
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
-            raise ExportError(f"the exported inference module differs from the original (max abs diff {diff:.3g}); please report this")
+            raise ExportError(
+                f"the exported inference module differs from the original (max abs diff {diff:.3g}); please report this"
+            )
     return diff
 
 

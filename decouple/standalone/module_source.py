@@ -82,7 +82,9 @@ def _same(a: Any, b: Any) -> bool:
 def _signature(module: nn.Module) -> tuple[Any, ...]:
     """What a rebuilt module must share with the original: type, attributes, parameter and buffer specs."""
     attrs = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
-    params = [(n, None if p is None else (tuple(p.shape), p.dtype, p.requires_grad)) for n, p in module._parameters.items()]
+    params = [
+        (n, None if p is None else (tuple(p.shape), p.dtype, p.requires_grad)) for n, p in module._parameters.items()
+    ]
     buffers = [(n, None if b is None else (tuple(b.shape), b.dtype)) for n, b in module._buffers.items()]
     return type(module), attrs, params, buffers, sorted(module._non_persistent_buffers_set)
 
@@ -90,7 +92,7 @@ def _signature(module: nn.Module) -> tuple[Any, ...]:
 def _reproduces(expr: str, module: nn.Module, writer: SourceWriter) -> bool:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            rebuilt = eval(expr, {"torch": torch, "nn": nn, **writer.bound})  # noqa: S307 - our own generated text
+            rebuilt = eval(expr, {"torch": torch, "nn": nn, **writer.bound})
     except Exception:
         return False
     if not isinstance(rebuilt, nn.Module):
@@ -189,14 +191,19 @@ class _TreeWriter:
                 continue
             self.writer.helpers["_parameter"] = None
             grad = "" if p.requires_grad else ", requires_grad=False"
-            self.lines.append(f"{owner}.register_parameter({quote(name)}, _parameter({tuple(p.shape)!r}, {p.dtype}{grad}))")
+            self.lines.append(
+                f"{owner}.register_parameter({quote(name)}, _parameter({tuple(p.shape)!r}, {p.dtype}{grad}))"
+            )
         for name, b in module._buffers.items():
             value = "None" if b is None else f"torch.empty({tuple(b.shape)!r}, dtype={b.dtype})"
             self.lines.append(f"{owner}.register_buffer({quote(name)}, {value})")
 
     def _ties(self, root: nn.Module) -> None:
         first: dict[int, str] = {}
-        for kind, items in (("parameter", root.named_parameters(remove_duplicate=False)), ("buffer", root.named_buffers(remove_duplicate=False))):
+        for kind, items in (
+            ("parameter", root.named_parameters(remove_duplicate=False)),
+            ("buffer", root.named_buffers(remove_duplicate=False)),
+        ):
             for path, tensor in items:
                 if id(tensor) in first:
                     self.lines.append(_assign(path, f"self.get_{kind}({quote(first[id(tensor)])})", module=False))
@@ -233,7 +240,9 @@ def module_source(module: nn.Module, class_name: str, *, file_doc: str, class_do
     writer.bound[class_name] = object()  # reserve the class name
     init = _TreeWriter(writer).root(module)
     forward = _forward_source(module, writer) if isinstance(module, fx.GraphModule) else ""
-    body = "\n".join(["    def __init__(self) -> None:", "        super().__init__()", *("        " + line for line in init)])
+    body = "\n".join(
+        ["    def __init__(self) -> None:", "        super().__init__()", *("        " + line for line in init)]
+    )
     klass = f"class {class_name}(nn.Module):\n" + textwrap.indent(f'"""{class_doc}"""', "    ") + "\n\n" + body
     if forward:
         klass += "\n\n" + forward

@@ -136,7 +136,9 @@ class SourceWriter:
 
     # -- transactions (a rejected constructor leaves nothing behind) ------------------------
     def checkpoint(self) -> tuple[Any, ...]:
-        return tuple(copy.copy(part) for part in (self.imports, self.constants, self.definitions, self.helpers, self.bound))
+        return tuple(
+            copy.copy(part) for part in (self.imports, self.constants, self.definitions, self.helpers, self.bound)
+        )
 
     def rollback(self, state: tuple[Any, ...]) -> None:
         self.imports, self.constants, self.definitions, self.helpers, self.bound = (copy.copy(part) for part in state)
@@ -175,7 +177,9 @@ class SourceWriter:
                 self.bound[name] = obj
                 self.definitions.append(f"{name} = {obj.__name__}\n")
         else:
-            raise ExportError(f"the exported code uses {name!r}, a {type(obj).__name__} that cannot be written as source")
+            raise ExportError(
+                f"the exported code uses {name!r}, a {type(obj).__name__} that cannot be written as source"
+            )
 
     def _bind_module(self, name: str, module: types.ModuleType) -> None:
         if not _allowed(module.__name__):
@@ -228,10 +232,12 @@ class SourceWriter:
         if type(value) is list:
             return f"[{', '.join(self.literal(v, where) for v in value)}]"
         if type(value) in (set, frozenset):
-            items = ", ".join(sorted(self.literal(v, where) for v in value))
-            return f"{type(value).__name__}([{items}])"
+            members = ", ".join(sorted(self.literal(v, where) for v in value))
+            return f"{type(value).__name__}([{members}])"
         if type(value) is dict:
-            return "{" + ", ".join(f"{self.literal(k, where)}: {self.literal(v, where)}" for k, v in value.items()) + "}"
+            return (
+                "{" + ", ".join(f"{self.literal(k, where)}: {self.literal(v, where)}" for k, v in value.items()) + "}"
+            )
         if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value):
             return self.reference(value)
         raise ExportError(f"{where} holds a {type(value).__name__}, which cannot be written as source")
@@ -241,7 +247,9 @@ class SourceWriter:
         """Copy the source of a function or class into the file, after what it needs."""
         where = f"{obj.__module__}.{obj.__qualname__}"
         if obj.__qualname__ != obj.__name__ or not obj.__name__.isidentifier():
-            raise ExportError(f"{where} is defined inside a function or class, so its source cannot be carried; define it at module level")
+            raise ExportError(
+                f"{where} is defined inside a function or class, so its source cannot be carried; define it at module level"
+            )
         try:
             source = textwrap.dedent(inspect.getsource(obj))
         except (OSError, TypeError) as exc:
@@ -249,9 +257,13 @@ class SourceWriter:
         tree = ast.parse(source)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.level or not _allowed(node.module or "")):
-                raise ExportError(f"{where} imports from {'.' * node.level}{node.module or ''}; exported code may import only torch and the standard library")
+                raise ExportError(
+                    f"{where} imports from {'.' * node.level}{node.module or ''}; exported code may import only torch and the standard library"
+                )
             if isinstance(node, ast.Import) and not all(_allowed(a.name) for a in node.names):
-                raise ExportError(f"{where} imports {', '.join(a.name for a in node.names)}; exported code may import only torch and the standard library")
+                raise ExportError(
+                    f"{where} imports {', '.join(a.name for a in node.names)}; exported code may import only torch and the standard library"
+                )
         self._reserve(obj)
         namespace = obj.__globals__ if inspect.isfunction(obj) else vars(sys.modules[obj.__module__])
         names = {n for f in _functions_of(obj) for n in _global_names(f.__code__)}
@@ -263,7 +275,9 @@ class SourceWriter:
 
     def _reserve(self, obj: Any) -> None:
         if obj.__name__ in self.bound and self.bound[obj.__name__] is not obj:
-            raise ExportError(f"two different definitions are named {obj.__name__!r} in the exported code; rename one of them")
+            raise ExportError(
+                f"two different definitions are named {obj.__name__!r} in the exported code; rename one of them"
+            )
         self.bound[obj.__name__] = obj
 
     def prelude(self) -> str:

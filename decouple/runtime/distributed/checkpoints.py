@@ -32,6 +32,8 @@ def merge_checkpoints(directory: str | os.PathLike[str], *, map_location: str | 
     """
     paths = sorted(Path(directory).glob("stage*.pt"))
     if not paths:
-        raise ConfigError(f"no stage checkpoints (stage0.pt, stage1.pt, ...) in {directory}; write them with StageTrainer.save()")
+        raise ConfigError(
+            f"no stage checkpoints (stage0.pt, stage1.pt, ...) in {directory}; write them with StageTrainer.save()"
+        )
     parts = [torch.load(p, map_location=map_location, weights_only=True) for p in paths]
     return merge_stage_checkpoints(parts, where=f"the stage checkpoints in {directory}")

@@ -112,7 +112,9 @@ def _loopback_store(world_size: int, timeout: datetime.timedelta) -> dist.TCPSto
     listener.listen(128)
     port = listener.getsockname()[1]
     fd = listener.detach()  # the store owns the socket from here on
-    return dist.TCPStore(_HOST, port, world_size, is_master=True, wait_for_workers=False, timeout=timeout, master_listen_fd=fd)
+    return dist.TCPStore(
+        _HOST, port, world_size, is_master=True, wait_for_workers=False, timeout=timeout, master_listen_fd=fd
+    )
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,12 @@ class _RankConfig:
 # -- in each rank ---------------------------------------------------------------------------
 def _run_rank(fn: Callable[..., Any], rank: int, config: _RankConfig, args: tuple[Any, ...], results: Any) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(config.nprocs), LOCAL_WORLD_SIZE=str(config.nprocs),
-        MASTER_ADDR=_HOST, MASTER_PORT=str(config.port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(config.nprocs),
+        LOCAL_WORLD_SIZE=str(config.nprocs),
+        MASTER_ADDR=_HOST,
+        MASTER_PORT=str(config.port),
     )
     loopback = _loopback_interface()
     if loopback is not None:
@@ -147,9 +153,9 @@ def _run_rank(fn: Callable[..., Any], rank: int, config: _RankConfig, args: tupl
         results.put((rank, "ok", _dumps(value), ""))
     except BaseException as exc:  # every failure goes back to the parent
         code = 1
-        secondary = isinstance(exc, RankFailedError)
+        cause = exc.failed_rank if isinstance(exc, RankFailedError) else None
         FailureBoard(store, rank).report(
-            f"{type(exc).__name__}: {exc}", origin=not secondary, cause=exc.failed_rank if secondary else None
+            f"{type(exc).__name__}: {exc}", origin=not isinstance(exc, RankFailedError), cause=cause
         )
         results.put((rank, "error", _dump_exception(exc), traceback.format_exc()))
     finally:
@@ -233,14 +239,20 @@ def _stop(procs: list[Any]) -> None:
             p.join()
 
 
-def _finish(outcomes: dict[int, tuple[str, bytes, str]], exitcodes: dict[int, int | None], board: FailureBoard) -> list[Any]:
+def _finish(
+    outcomes: dict[int, tuple[str, bytes, str]], exitcodes: dict[int, int | None], board: FailureBoard
+) -> list[Any]:
     ok = all(outcomes.get(r, ("", b"", ""))[0] == "ok" and exitcodes[r] == 0 for r in exitcodes)
     if ok:
         return [torch.load(io.BytesIO(outcomes[r][1]), weights_only=False) for r in sorted(exitcodes)]
     errors = {r: _load_exception(raw) for r, (status, raw, _) in outcomes.items() if status == "error"}
     tracebacks = {r: tb for r, (status, _, tb) in outcomes.items() if status == "error"}
     lines = [_describe(r, exitcodes[r], errors.get(r), outcomes.get(r)) for r in sorted(exitcodes)]
-    cause = LaunchError("ranks of the launched run:\n" + "\n".join(lines) + _tracebacks(tracebacks), exitcodes=exitcodes, tracebacks=tracebacks)
+    cause = LaunchError(
+        "ranks of the launched run:\n" + "\n".join(lines) + _tracebacks(tracebacks),
+        exitcodes=exitcodes,
+        tracebacks=tracebacks,
+    )
     first = _first_failed(errors, exitcodes, board)
     if first is None or first not in errors:
         raise cause
@@ -261,7 +273,9 @@ def _tracebacks(tracebacks: dict[int, str]) -> str:
     return "".join(f"\n\ntraceback of rank {r}:\n{tb.rstrip()}" for r, tb in sorted(tracebacks.items()))
 
 
-def _first_failed(errors: dict[int, BaseException], exitcodes: dict[int, int | None], board: FailureBoard) -> int | None:
+def _first_failed(
+    errors: dict[int, BaseException], exitcodes: dict[int, int | None], board: FailureBoard
+) -> int | None:
     record = board.first_failure(wait=0.0)
     if record is not None and record.origin:
         return record.rank

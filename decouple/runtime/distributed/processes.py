@@ -69,7 +69,7 @@ def fit_processes(
     check_staged(dm)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
-    if any(s.device.type != "cpu" for s in dm.stages):  # type: ignore[union-attr]
+    if any(s.device.type != "cpu" for s in dm.stages):
         raise ConfigError(
             "fit_processes runs CPU stages; train GPU stages with launch(fn, nprocs) where fn builds the model "
             "and calls StageTrainer(dm, device='cuda'), or with torchrun"
@@ -80,7 +80,9 @@ def fit_processes(
     return results[0][0]
 
 
-def _fit_rank(model: bytes, data: bytes, epochs: int, on_step: Callable[[StepRecord], None] | None) -> tuple[History, dict[str, Any]]:
+def _fit_rank(
+    model: bytes, data: bytes, epochs: int, on_step: Callable[[StepRecord], None] | None
+) -> tuple[History, dict[str, Any]]:
     trainer = StageTrainer(pickle.loads(model))
     loader = pickle.loads(data) if trainer.rank == 0 else None
     history = trainer.fit(loader, epochs, on_step=on_step)

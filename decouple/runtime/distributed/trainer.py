@@ -76,7 +76,7 @@ class StageTrainer:
     ) -> None:
         check_staged(dm)
         requested = _parse_device(device)
-        devices = [requested] if requested is not None else [s.device for s in dm.stages]  # type: ignore[union-attr]
+        devices = [requested] if requested is not None else [s.device for s in dm.stages]
         default_backend = "nccl" if any(d.type == "cuda" for d in devices) else "gloo"
         self._owns_group = _ensure_process_group(backend or default_backend, timeout)
         self.rank = dist.get_rank()
@@ -85,10 +85,12 @@ class StageTrainer:
         self.board = FailureBoard(dist.distributed_c10d._get_default_store(), self.rank)
         self._closed = False
         nccl = dist.get_backend() == "nccl"
-        self.device = requested or (dm.stages[self.rank].device if self.rank < dm.num_stages else torch.device("cpu"))  # type: ignore[union-attr]
+        self.device = requested or (dm.stages[self.rank].device if self.rank < dm.num_stages else torch.device("cpu"))
         if nccl:
             torch.cuda.set_device(self.device)
-        self._guarded(lambda: check_peers(dm, self.rank, self.world_size), lambda: ("while checking the conversion", None))
+        self._guarded(
+            lambda: check_peers(dm, self.rank, self.world_size), lambda: ("while checking the conversion", None)
+        )
         self.stage = dm.stages[self.rank]
         _place(self.stage, self.device)
         comm = self.device if nccl else torch.device("cpu")
@@ -97,19 +99,27 @@ class StageTrainer:
         self.outbox = Link(group, self.rank + 1, comm) if self.rank < self.world_size - 1 else None  # type: ignore[arg-type]
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, loader: Iterable[Any] | None = None, epochs: int = 1, *, on_step: Callable[[StepRecord], None] | None = None) -> History:
+    def fit(
+        self,
+        loader: Iterable[Any] | None = None,
+        epochs: int = 1,
+        *,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> History:
         """Train this rank's stage for ``epochs`` passes over ``loader`` (read on rank 0 only).
 
         A batch is a tuple ``(*inputs, target)``; other ranks may pass ``None``. ``on_step`` is
         called on every rank after each of its batches. Every rank must call ``fit``.
         """
-        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)  # type: ignore[arg-type]
+        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)
 
         def run() -> History:  # checks inside: a rank that rejects its arguments stops the others too
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
                 raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
             if self.rank == 0 and loader is None:
-                raise ConfigError("rank 0 reads the data: pass the training loader to fit() on rank 0 (other ranks may pass None)")
+                raise ConfigError(
+                    "rank 0 reads the data: pass the training loader to fit() on rank 0 (other ranks may pass None)"
+                )
             self.dm.train()
             if self.rank == 0:
                 log = runner.run_source(epochs, lambda epoch: self._messages(loader))  # type: ignore[arg-type]
@@ -150,7 +160,9 @@ class StageTrainer:
 
     def load(self, directory: str | os.PathLike[str]) -> None:
         """Restore this rank's stage from ``directory/stage{k}.pt``."""
-        self.load_state_dict(torch.load(checkpoint_path(directory, self.stage.index), map_location=self.device, weights_only=True))
+        self.load_state_dict(
+            torch.load(checkpoint_path(directory, self.stage.index), map_location=self.device, weights_only=True)
+        )
 
     # -- process group ----------------------------------------------------------------------
     def close(self) -> None:
@@ -167,7 +179,9 @@ class StageTrainer:
     def _guarded(self, fn: Callable[[], T], where: Callable[[], tuple[str, int | None]]) -> T:
         """Run ``fn``; on any failure report it on the board and tear the process group down."""
         if self._closed:
-            raise ConfigError("this trainer's process group is closed (after a failure, or by close()); start a new run")
+            raise ConfigError(
+                "this trainer's process group is closed (after a failure, or by close()); start a new run"
+            )
         try:
             return fn()
         except LinkError as exc:
@@ -190,7 +204,9 @@ class StageTrainer:
 def check_staged(dm: Any) -> None:
     """Reject what cannot run one stage per process."""
     if not isinstance(dm, StagedModel):
-        raise ConfigError(f"StageTrainer takes the DecoupledModel that decouple.convert() returns, got {type(dm).__name__}")
+        raise ConfigError(
+            f"StageTrainer takes the DecoupledModel that decouple.convert() returns, got {type(dm).__name__}"
+        )
     if dm.end_to_end:
         raise ConfigError(
             f"method {dm.method!r} trains end to end: its gradient crosses every cut, but between ranks only "
@@ -207,7 +223,8 @@ def check_peers(dm: StagedModel, rank: int, world_size: int) -> None:
         by_conversion[tuple(ident)].append(r)
     if len(by_conversion) > 1:
         listed = "; ".join(
-            f"{_ranks(ranks)}: fingerprint {fp} (method {method!r}, {n} stages)" for (fp, n, method), ranks in by_conversion.items()
+            f"{_ranks(ranks)}: fingerprint {fp} (method {method!r}, {n} stages)"
+            for (fp, n, method), ranks in by_conversion.items()
         )
         raise ConfigError(
             f"the ranks converted different models ({listed}); call decouple.convert() with the same model, "
@@ -245,7 +262,7 @@ def _parse_device(device: str | torch.device | None) -> torch.device | None:
         raise ConfigError(f"device must be a device name like 'cpu' or 'cuda': {exc}") from exc
     if parsed.type == "cuda" and parsed.index is None:
         parsed = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if parsed.type == "cuda" and (not torch.cuda.is_available() or parsed.index >= torch.cuda.device_count()):  # type: ignore[operator]
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or parsed.index >= torch.cuda.device_count()):
         raise ConfigError(f"device {parsed} is not available on this machine; use device='cpu' (gloo) or a GPU it has")
     return parsed
 
@@ -285,17 +302,22 @@ def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str
     stage = trainer.stage
     mine = {
         "stage": stage.index,
-        "module": {k: v.detach().cpu() for k, v in stage.module.state_dict().items()},  # type: ignore[union-attr]
-        "objective": {k: v.detach().cpu() for k, v in stage.objective.state_dict().items()} if stage.objective is not None else {},  # type: ignore[union-attr]
+        "module": {k: v.detach().cpu() for k, v in stage.module.state_dict().items()},
+        "objective": {k: v.detach().cpu() for k, v in stage.objective.state_dict().items()}
+        if stage.objective is not None
+        else {},
     }
     gathered: list[Any] | None = [None] * trainer.world_size if trainer.rank == dst else None
-    trainer._guarded(lambda: _collective(lambda: dist.gather_object(mine, gathered, dst=dst)), lambda: ("while gathering weights", None))
+    trainer._guarded(
+        lambda: _collective(lambda: dist.gather_object(mine, gathered, dst=dst)),
+        lambda: ("while gathering weights", None),
+    )
     if gathered is None:
         return None
     for part in gathered:
         if part["stage"] != stage.index:
             other = trainer.dm.stages[part["stage"]]
-            other.module.load_state_dict(part["module"])  # type: ignore[union-attr]
-            if other.objective is not None:  # type: ignore[union-attr]
-                other.objective.load_state_dict(part["objective"])  # type: ignore[union-attr]
+            other.module.load_state_dict(part["module"])
+            if other.objective is not None:
+                other.objective.load_state_dict(part["objective"])
     return {k: v.detach().cpu() for k, v in trainer.dm.effective_state_dict().items()}
