@@ -257,7 +257,7 @@ def run_gpipe(args: argparse.Namespace) -> float | str:
             mp.spawn(_gpipe_worker, args=(args, port, out), nprocs=2, join=True)
             with open(out) as f:
                 return float(json.load(f)["seconds"])
-        except Exception as exc:
+        except Exception as exc:  # report why, keep the other numbers
             return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
 
 

@@ -6,24 +6,5 @@ trainer.fit(loader, epochs=3)                     # rank 0 reads the data
 weights = decouple.distributed.gather_effective_state_dict(trainer)  # a dict on rank 0
 """
 
-from .runtime.distributed import (
-    History,
-    StageTrainer,
-    StepRecord,
-    checkpoint_path,
-    fit_processes,
-    gather_effective_state_dict,
-    launch,
-    merge_checkpoints,
-)
-
-__all__ = [
-    "StageTrainer",
-    "History",
-    "StepRecord",
-    "launch",
-    "fit_processes",
-    "gather_effective_state_dict",
-    "merge_checkpoints",
-    "checkpoint_path",
-]
+from .runtime.distributed import *  # noqa: F403  (this module is the public path of those names)
+from .runtime.distributed import __all__ as __all__

@@ -14,7 +14,6 @@ import importlib.util
 import inspect
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -23,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, close_matches
+from ..source_files import import_path
 
 __all__ = ["ModelSpec", "Scheme", "SCHEMES", "register_scheme", "parse_model_spec", "build_model", "accepts_keyword"]
 
@@ -140,16 +140,10 @@ def _import_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise ConfigError(f"model file {path!r} does not exist; give the path of a .py file that defines the factory")
     name = "_decouple_model_" + re.sub(r"\W", "_", os.path.abspath(path))
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # dataclasses and pickling look classes up by module name
     try:
-        module_spec.loader.exec_module(module)
+        return import_path(path, name)
     except Exception as exc:
-        del sys.modules[name]
         raise ConfigError(f"running {path!r} failed: {type(exc).__name__}: {exc}") from exc
-    return module
 
 
 def _call(factory: Callable[..., Any], kwargs: dict[str, Any], spec: ModelSpec) -> Any:

@@ -139,33 +139,33 @@ class _Worker:
 def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:
     """The worker loop: take a batch, train on it, hand it on; after a fault, discard until stopped."""
     index = worker.stage.index
+
+    def train(batch: Batch) -> None:
+        if faults.stopped.is_set():
+            return  # discard: a stage has failed
+        try:
+            outbox.put(worker.train(batch))
+        except BaseException:  # every fault, KeyboardInterrupt too, goes to the caller
+            faults.report(index, batch.index, sys.exc_info())
+
     try:
         with worker.context():
-            while True:
-                item = inbox.get()
-                if isinstance(item, _Marker):
-                    outbox.put(item)
-                    if item is _STOP:
-                        return
-                    continue
-                if faults.stopped.is_set():
-                    continue
-                try:
-                    outbox.put(worker.train(item))
-                except BaseException:
-                    faults.report(index, item.index, sys.exc_info())
-    except BaseException:
+            _serve(inbox, outbox, train)
+    except BaseException:  # the device or stream could not be entered
         faults.report(index, None, sys.exc_info())
-        _discard(inbox, outbox)
+        _serve(inbox, outbox, lambda batch: None)
 
 
-def _discard(inbox: queue.Queue[Any], outbox: queue.Queue[Any]) -> None:
+def _serve(inbox: queue.Queue[Any], outbox: queue.Queue[Any], handle: Callable[[Batch], None]) -> None:
+    """Hand every batch to ``handle`` and forward every marker, until the stop marker has passed."""
     while True:
         item = inbox.get()
         if isinstance(item, _Marker):
             outbox.put(item)
             if item is _STOP:
                 return
+            continue
+        handle(item)
 
 
 class Pipeline:

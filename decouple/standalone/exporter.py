@@ -17,11 +17,9 @@ inference module is run against the original.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +35,7 @@ from ..codegen.stages import describe_value
 from ..errors import ExportError
 from ..frontend.inputs import normalize_example_inputs
 from ..model import DecoupledModel
+from ..source_files import import_path
 from .module_source import module_source
 
 __all__ = ["ExportedFile", "ExportResult", "export_source"]
@@ -235,20 +234,12 @@ def _tensor_at(module: nn.Module, key: str) -> torch.Tensor:
 
 def _load(path: Path, stem: str) -> ModuleType:
     """Import a generated file by path, under a fresh module name."""
-    name = f"_decouple_exported_{next(_counter)}_{stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module while the class is created
     try:
-        spec.loader.exec_module(module)
+        return import_path(path, f"_decouple_exported_{next(_counter)}_{stem}", keep=False)
     except Exception as exc:
         raise ExportError(
             f"the exported {path.name} does not import ({type(exc).__name__}: {exc}); please report this"
         ) from exc
-    finally:
-        del sys.modules[name]
-    return module
 
 
 def _verify(reference: nn.Module, exported_module: ModuleType, example_inputs: Any) -> float:

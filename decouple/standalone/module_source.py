@@ -92,7 +92,7 @@ def _signature(module: nn.Module) -> tuple[Any, ...]:
 def _reproduces(expr: str, module: nn.Module, writer: SourceWriter) -> bool:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            rebuilt = eval(expr, {"torch": torch, "nn": nn, **writer.bound})
+            rebuilt = eval(expr, {"torch": torch, "nn": nn, **writer.bound})  # our own generated text
     except Exception:
         return False
     if not isinstance(rebuilt, nn.Module):
