@@ -92,6 +92,7 @@ class StageTrainer:
             lambda: check_peers(dm, self.rank, self.world_size), lambda: ("while checking the conversion", None)
         )
         self.stage = dm.stages[self.rank]
+        dm.training_config.check_devices([self.device])
         _place(self.stage, self.device)
         comm = self.device if nccl else torch.device("cpu")
         group = dist.group.WORLD
@@ -111,7 +112,9 @@ class StageTrainer:
         A batch is a tuple ``(*inputs, target)``; other ranks may pass ``None``. ``on_step`` is
         called on every rank after each of its batches. Every rank must call ``fit``.
         """
-        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)
+        runner = StageRunner(
+            self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step, config=self.dm.training_config
+        )
 
         def run() -> History:  # checks inside: a rank that rejects its arguments stops the others too
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
