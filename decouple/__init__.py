@@ -36,6 +36,7 @@ from .passes import METHODS, parse_options
 from .runtime.callbacks import Callback, StepLog
 from .runtime.compiled import CompileFallbackWarning
 from .runtime.config import TrainingConfig
+from .runtime.loggers import CSVLogger, TensorBoardLogger
 from .runtime.stats import RunStats
 from .runtime.timeline import Timeline
 from .standalone import export_source
@@ -49,6 +50,8 @@ __all__ = [
     "TrainingConfig",
     "Callback",
     "StepLog",
+    "CSVLogger",
+    "TensorBoardLogger",
     "METHODS",
     "parse_options",
     "supcon_loss",

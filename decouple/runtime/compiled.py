@@ -39,10 +39,11 @@ class StageCompilation:
     def fall_back(self, part: str, exc: BaseException) -> None:
         if self.failed is not None:
             return
-        self.failed = f"{type(exc).__name__}: {exc}".strip()
-        first_line = self.failed.splitlines()[0] if self.failed else type(exc).__name__
+        cause = getattr(exc, "inner_exception", None) or exc  # a backend's own error, not dynamo's wrapper
+        self.failed = f"{type(cause).__name__}: {cause}".strip()
         warnings.warn(
-            f"stage {self.index}: torch.compile of its {part} failed ({first_line}); the stage trains eagerly",
+            f"stage {self.index}: torch.compile of its {part} failed ({self.failed.splitlines()[0]}); the stage "
+            "trains eagerly",
             CompileFallbackWarning,
             stacklevel=4,
         )
