@@ -354,6 +354,9 @@ class DecoupledModel(nn.Module):
         if backend == "processes":
             from .runtime.distributed.processes import fit_processes
 
+            if any(v is not None for v in (validation, log_dir, callbacks, checkpoint_dir)) or resume:
+                raise ConfigError("backend='processes' trains without validation, logs, callbacks or checkpoints; use "
+                                  "decouple.distributed.StageTrainer(dm).fit(...) under launch() or torchrun for those")  # fmt: skip
             return fit_processes(self, loader, epochs)
         if backend != "threads":
             raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")

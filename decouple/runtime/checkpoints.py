@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .state import MODEL_FORMATS, merge_stage_checkpoints
 from .stats import RunStats
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "save_atomically",
     "list_checkpoints",
     "load_newest",
+    "load_newest_model_state",
     "prune",
     "check_keep",
     "rng_state",
@@ -88,6 +90,40 @@ def load_newest(
         if isinstance(state, dict):
             return epoch, state
     return None
+
+
+def load_newest_model_state(directory: str | os.PathLike[str], num_stages: int) -> tuple[int, dict[str, Any]] | None:
+    """The newest readable whole-model checkpoint in ``directory``: a single-process one, or one epoch's stage
+    files of a multi-process run merged (with a history rebuilt from the ranks' logs)."""
+    staged: dict[int, list[Path]] = {}
+    for stage in range(num_stages):
+        for epoch, path in list_checkpoints(directory, stage):
+            staged.setdefault(epoch, []).append(path)
+    candidates = [(e, [p]) for e, p in list_checkpoints(directory)]
+    candidates += [(e, paths) for e, paths in staged.items() if len(paths) == num_stages]
+    for epoch, paths in sorted(candidates, key=lambda c: (c[0], len(c[1]) == 1), reverse=True):
+        parts = [load_newest([(epoch, p)]) for p in paths]
+        if any(part is None for part in parts):
+            continue
+        states = [part[1] for part in parts if part is not None]
+        if len(states) == 1 and states[0].get("format") in MODEL_FORMATS:
+            return epoch, states[0]
+        return epoch, _merged(states)
+    return None
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    state = merge_stage_checkpoints(parts, where="the stage checkpoints of one epoch")
+    first = min(parts, key=lambda p: p["stage"])
+    logs = {p["stage"]: p["log"] for p in parts}
+    history = []
+    for e, batches in enumerate(first["log"]["epoch_batches"]):
+        losses = {
+            f"stage{k}": log["epoch_losses"][e] for k, log in sorted(logs.items()) if log["epoch_losses"][e] is not None
+        }
+        validation = first["validation"][e] if e < len(first.get("validation", [])) else {}
+        history.append(asdict(RunStats(losses, batches, 0, 0.0, validation=dict(validation))))
+    return {**state, "epoch": first["epoch"], "rng": first["rng"], "history": history}
 
 
 def prune(directory: str | os.PathLike[str], keep: int, stage: int | None = None) -> None:

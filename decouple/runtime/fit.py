@@ -27,8 +27,7 @@ from .checkpoints import (
     check_keep,
     checkpoint_name,
     history_state,
-    list_checkpoints,
-    load_newest,
+    load_newest_model_state,
     prune,
     restore_history,
     restore_rng,
@@ -107,8 +106,9 @@ def learning_rates(dm: StagedModel) -> dict[str, float]:
 
 
 def resume_from(dm: StagedModel, directory: Path_) -> tuple[list[RunStats], int]:
-    """Load the newest readable checkpoint in ``directory`` into ``dm``; its history and epochs done (none: ``[], 0``)."""
-    found = load_newest(list_checkpoints(directory))
+    """Load the newest readable checkpoint in ``directory`` into ``dm`` (a whole model's, or one epoch's stage files
+    of a multi-process run); its history and the epochs done (none: ``[], 0``)."""
+    found = load_newest_model_state(directory, dm.num_stages)
     if found is None:
         return [], 0
     epoch, state = found

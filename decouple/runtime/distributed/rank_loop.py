@@ -133,6 +133,7 @@ class StageLog:
     epoch_losses: list[float | None] = field(default_factory=list)
     batches: int = 0
     seconds: float = 0.0
+    epoch_batches: list[int] = field(default_factory=list)
 
 
 class StageRunner:
@@ -150,7 +151,7 @@ class StageRunner:
         outbox: Link | None,
         on_step: Callable[[StepRecord], None] | None = None,
         config: TrainingConfig | None = None,
-        on_epoch_end: Callable[[int, float | None], None] | None = None,
+        on_epoch_end: Callable[[int, StageLog], None] | None = None,
     ) -> None:
         self.stage = stage
         self.config = config or TrainingConfig()
@@ -161,10 +162,17 @@ class StageRunner:
         self.position: tuple[int, int] | None = None
 
     def run_source(
-        self, epochs: int, batches: Callable[[int], Iterable[tuple[dict[str, Any], Any]]], *, first_epoch: int = 0
+        self,
+        epochs: int,
+        batches: Callable[[int], Iterable[tuple[dict[str, Any], Any]]],
+        *,
+        first_epoch: int = 0,
+        log: StageLog | None = None,
     ) -> StageLog:
-        """Rank 0: train on ``batches(epoch)`` for epochs ``first_epoch .. epochs - 1`` and forward the stream."""
-        log = StageLog(self.stage.index)
+        """Rank 0: train on ``batches(epoch)`` for epochs ``first_epoch .. epochs - 1`` and forward the stream.
+
+        ``log``: the log of the epochs before ``first_epoch`` (resuming), continued."""
+        log = log or StageLog(self.stage.index)
         start = time.perf_counter()
         for epoch in range(first_epoch, epochs):
             total, count = None, 0
@@ -174,10 +182,10 @@ class StageRunner:
             self._close_epoch(log, total, count, epoch)
         return self._stop(log, start)
 
-    def run_follower(self, *, first_epoch: int = 0) -> StageLog:
+    def run_follower(self, *, first_epoch: int = 0, log: StageLog | None = None) -> StageLog:
         """Ranks after 0: train on every message from the inbox until the stream stops."""
         assert self.inbox is not None, "a follower has an inbox"
-        log = StageLog(self.stage.index)
+        log = log or StageLog(self.stage.index)
         start = time.perf_counter()
         epoch, b, total, count = first_epoch, 0, None, 0
         while True:
@@ -245,6 +253,7 @@ class StageRunner:
     def _close_epoch(self, log: StageLog, total: torch.Tensor | None, count: int, epoch: int) -> None:
         mean = None if total is None or count == 0 else float(total) / count
         log.epoch_losses.append(mean)
+        log.epoch_batches.append(count)
         log.batches += count
         try:
             end_epoch([self.stage], self.config)  # the last partial group, the per-epoch scheduler
@@ -252,7 +261,7 @@ class StageRunner:
             raise self._stage_error(exc) from exc
         self._forward_kind(Kind.EPOCH_END)
         if self.on_epoch_end is not None:
-            self.on_epoch_end(epoch, mean)
+            self.on_epoch_end(epoch, log)
 
     def _stop(self, log: StageLog, start: float) -> StageLog:
         self._forward_kind(Kind.STOP)
