@@ -92,10 +92,14 @@ class TrainingConfig:
         """Whether each stage keeps a gradient scaler (fp16)."""
         return self.precision == "fp16"
 
-    def check_devices(self, devices: Sequence[torch.device]) -> None:
-        """Raise :class:`ConfigError` when a stage's device cannot train in this precision."""
+    def check_devices(self, devices: Sequence[torch.device], *, placed: bool = True) -> None:
+        """Raise :class:`ConfigError` when a stage's device cannot train in this precision.
+
+        ``placed=False`` (at conversion): a CPU stage may still move to a GPU (``StageTrainer(dm,
+        device="cuda")``), so fp16 only needs CUDA on this machine; the step checks again.
+        """
         for d in devices:
-            if self.precision == "fp16" and d.type != "cuda":
+            if self.precision == "fp16" and d.type != "cuda" and (placed or not torch.cuda.is_available()):
                 raise ConfigError(
                     f"precision='fp16' needs CUDA stages (fp16 autocast with gradient scaling), but a stage runs on "
                     f"{d}; use precision='bf16' on CPU, or put the stages on GPUs with devices=['cuda:0', ...]"

@@ -23,10 +23,10 @@ _EXAMPLE = "scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt
 
 def prepare_stages(stages: Sequence[Stage], config: TrainingConfig) -> None:
     """Give every stage its scheduler and (fp16) gradient scaler, and compile it if asked."""
-    config.check_devices([s.device for s in stages])
+    config.check_devices([s.device for s in stages], placed=False)
     for stage in stages:
         stage.scheduler = make_scheduler(config.scheduler, stage)
-        stage.scaler = torch.amp.GradScaler(stage.device.type) if config.scaled else None
+        stage.scaler = torch.amp.GradScaler("cuda") if config.scaled else None
     compile_stages(stages, config.compile)
 
 

@@ -58,6 +58,8 @@ def forward_local(
     stage: Stage, config: TrainingConfig, message: dict[str, Any], carry: Any, *, phase: Phase = _no_phase
 ) -> StageResult:
     """The stage's forward and its local objective, with gradients, under autocast."""
+    if config.scaled and stage.device.type != "cuda":
+        config.check_devices([stage.device])  # fp16 on a stage that never moved to a GPU
     with torch.enable_grad(), autocast(stage.device, config):
         with phase("forward"):
             next_message, output = stage(message)
