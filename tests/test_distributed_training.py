@@ -27,22 +27,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def configured_dm(seed: int = 0, splits: tuple[str, ...] = ("layers.0", "layers.1")) -> decouple.DecoupledModel:
+def configured_dm(
+    seed: int = 0, splits: tuple[str, ...] = ("layers.0", "layers.1"), precision: str = "32"
+) -> decouple.DecoupledModel:
     torch.manual_seed(seed)
     return decouple.convert(
         MLP(WIDTHS), method="early_exit", splits=list(splits), example_inputs=(torch.randn(2, 8),),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.8),
-        clip_grad_norm=0.5, accumulate=3,
+        clip_grad_norm=0.5, accumulate=3, precision=precision,
     )  # fmt: skip
 
 
-def test_ranks_equal_one_process_with_schedule_clipping_and_accumulation() -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_ranks_equal_one_process_with_schedule_clipping_and_accumulation(precision: str) -> None:
+    """bf16 values cross the ranks in bf16 (half the bytes) and train exactly as in one process."""
     data = batches(n=7)  # groups of 3, 3 and a partial 1
-    reference = configured_dm()
+    reference = configured_dm(precision=precision)
     with one_thread():
         reference.fit(data, epochs=2, pipelined=False, progress=False)
-    dm = configured_dm()
+    dm = configured_dm(precision=precision)
     run_as_threads(dm, data, epochs=2)
     assert_same_state(dm, reference)
     assert all(s.scheduler.last_epoch == 6 for s in dm.stages)
