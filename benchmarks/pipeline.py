@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import decouple
+from decouple.runtime.step import backward_local, forward_local
 from decouple.tree import move_tree as move
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -127,9 +128,9 @@ class StageAlone:
 
     def steps(self, prepared: list[tuple[dict[str, Any], Any]]) -> None:
         for message, carry in prepared:
-            result = self.stage.run(message, carry)
+            result = forward_local(self.stage, self.dm.training_config, message, carry)
             assert result.result is not None
-            self.stage.step(result.result.loss)
+            backward_local(self.stage, self.dm.training_config, result.result.loss)
 
 
 def run_stage_alone(args: argparse.Namespace, warm: Batches, data: Batches, k: int) -> Callable[[], float]:

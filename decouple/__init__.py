@@ -33,6 +33,10 @@ from .model import DecoupledModel
 from .objectives.losses import supcon_loss
 from .param_counts import ParamCounts
 from .passes import METHODS, parse_options
+from .runtime.callbacks import Callback, StepLog
+from .runtime.compiled import CompileFallbackWarning
+from .runtime.config import TrainingConfig
+from .runtime.loggers import CSVLogger, TensorBoardLogger
 from .runtime.stats import RunStats
 from .runtime.timeline import Timeline
 from .standalone import export_source
@@ -43,6 +47,11 @@ __all__ = [
     "ParamCounts",
     "RunStats",
     "Timeline",
+    "TrainingConfig",
+    "Callback",
+    "StepLog",
+    "CSVLogger",
+    "TensorBoardLogger",
     "METHODS",
     "parse_options",
     "supcon_loss",
@@ -59,6 +68,7 @@ __all__ = [
     "LaunchError",
     "export_source",
     "TracerFallbackWarning",
+    "CompileFallbackWarning",
     "__version__",
 ]
 

@@ -24,6 +24,8 @@ from .frontend.tracer import trace_modes
 from .model import DecoupledModel
 from .objectives.losses import default_task_loss
 from .passes import get_method, method_options, run_passes
+from .runtime.config import SchedulerFactory, TrainingConfig
+from .runtime.prepare import prepare_stages
 
 __all__ = ["convert", "OptimizerFactory"]
 
@@ -50,6 +52,13 @@ def convert(
     copy_model: bool = True,
     balance: str = "flops",
     on_nonfinite: str = "raise",
+    scheduler: SchedulerFactory | None = None,
+    scheduler_interval: str = "step",
+    precision: str | int = "32",
+    clip_grad_norm: float | None = None,
+    clip_grad_value: float | None = None,
+    accumulate: int = 1,
+    compile: bool | dict[str, Any] = False,
     **options: Any,
 ) -> DecoupledModel:
     """Compile ``model`` into stages trained with local objectives.
@@ -74,6 +83,15 @@ def convert(
             FLOPs), "params", or "time" (wall time on the example inputs: give a realistic batch).
         on_nonfinite: a stage whose local loss is NaN or infinite "raise"s a ``StageError`` naming
             the stage and batch, or "skip"s that update (counted in ``Stage.skipped_steps``).
+        scheduler: ``optimizer -> LR scheduler``, called once per stage with its optimizer; stepped after
+            every optimizer step (``scheduler_interval="step"``) or every epoch of ``fit`` (``"epoch"``).
+        precision: "32" (default), "bf16" (bfloat16 autocast, CPU or GPU) or "fp16" (float16 autocast
+            with a gradient scaler per stage, CUDA); local losses reduce in fp32 either way.
+        clip_grad_norm, clip_grad_value: per stage, over its module and head parameters, after unscaling.
+        accumulate: each stage sums ``accumulate`` batches' gradients (loss / accumulate) and steps on
+            the last; ``fit`` steps a last partial group at the end of each epoch.
+        compile: ``torch.compile`` each stage's module and objective (``True``, or its keyword arguments);
+            a stage whose compilation fails warns once and trains eagerly.
         **options: options of the method (e.g. ``temperature``, ``head``, ``pool`` for "scl").
     """
     chosen = get_method(method)
@@ -90,6 +108,15 @@ def convert(
         raise ConfigError(f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}")
     if on_nonfinite not in ("raise", "skip"):
         raise ConfigError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    config = TrainingConfig.create(
+        scheduler=scheduler,
+        scheduler_interval=scheduler_interval,
+        precision=precision,
+        clip_grad_norm=clip_grad_norm,
+        clip_grad_value=clip_grad_value,
+        accumulate=accumulate,
+        compile=compile,
+    )
     args, kwargs = normalize_example_inputs(example_inputs)
     root = copy.deepcopy(model) if copy_model else model
 
@@ -153,7 +180,9 @@ def convert(
     for stage in stages:
         stage.optimizer = _make_optimizer(factory, stage)
         stage.on_nonfinite = on_nonfinite
+    prepare_stages(stages, config)
     dm = DecoupledModel(program, stages)
+    dm.training_config = config
     dm.balance = balanced
     dm.train(model.training)
     return dm

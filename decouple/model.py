@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, overload
@@ -21,9 +22,12 @@ from .compiler.program import InferenceTail, Program
 from .errors import ConfigError
 from .param_counts import ParamCounts, StageCounts, count
 from .runtime import sequential
+from .runtime.callbacks import Callback
+from .runtime.config import TrainingConfig
 from .runtime.pipeline import Pipeline
-from .runtime.state import MODEL_FORMAT, load_model_state, model_state
+from .runtime.state import MODEL_FORMATS, load_model_state, model_state
 from .runtime.stats import RunStats
+from .runtime.step import end_epoch
 from .runtime.timeline import Timeline
 from .tree import move_tree
 
@@ -49,6 +53,8 @@ class DecoupledModel(nn.Module):
         self.method = program.method
         self.__dict__["program"] = program
         self.steps = 0
+        #: how the stages train beyond their optimizers: precision, schedules, clipping, accumulation, compile
+        self.training_config = TrainingConfig()
         self.balance: Balance | None = None  # how splits=N chose the splits (shares per stage)
         self._timeline: Timeline | None = None
 
@@ -72,18 +78,24 @@ class DecoupledModel(nn.Module):
 
         Returns ``{"stage0": loss, ...}`` for the stages with an objective (for "bp", the last).
         """
-        losses = sequential.train_step(
-            list(self.stages), self.bind(args, kwargs), target, end_to_end=self.end_to_end, batch=self.steps
-        )
+        losses = sequential.train_step(list(self.stages), self.bind(args, kwargs), target,
+                                       config=self.training_config, end_to_end=self.end_to_end, batch=self.steps)  # fmt: skip
         self.steps += 1
         return {f"stage{k}": float(loss) for k, loss in enumerate(losses) if loss is not None}
+
+    def end_epoch(self) -> None:
+        """Close an epoch of :meth:`train_step` calls: step each stage's last partial accumulation group and
+        the per-epoch schedulers (``fit`` does this after every epoch)."""
+        end_epoch(list(self.stages), self.training_config, end_to_end=self.end_to_end)
 
     def local_losses(self, *args: Any, target: Any, **kwargs: Any) -> list[torch.Tensor]:
         """Each stage's local loss with its autograd graph; no backward, no step.
 
         For "bp" this is the single end-to-end loss.
         """
-        results = sequential.forward_stages(list(self.stages), self.bind(args, kwargs), target)
+        results = sequential.forward_stages(
+            list(self.stages), self.bind(args, kwargs), target, config=self.training_config
+        )
         return [r.result.loss for r in results if r.result is not None]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -154,6 +166,15 @@ class DecoupledModel(nn.Module):
         if exit is not None:
             self._check_exit(exit)
         return snapshot(self._live_inference_module(exit), target)
+
+    @property
+    def exits(self) -> list[int]:
+        """The early exits ``inference_module(exit=l)`` answers from, besides the default inference path."""
+        return [k for k in sorted(self.program.tails) if k != self.program.default_exit]
+
+    def task_loss(self, output: Any, target: Any) -> torch.Tensor:
+        """The conversion's ``loss_fn`` (default cross-entropy) on what the model returns."""
+        return self.program.loss_fn(output, target)
 
     def _live_exit_model(self, threshold: float) -> EarlyExitModel:
         if self.method != "early_exit":
@@ -265,7 +286,7 @@ class DecoupledModel(nn.Module):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Restore a state from :meth:`state_dict`, checking it was saved by the same conversion."""
-        if not isinstance(state_dict, dict) or state_dict.get("format") != MODEL_FORMAT:
+        if not isinstance(state_dict, dict) or state_dict.get("format") not in MODEL_FORMATS:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         load_model_state(self, state_dict, strict=strict)
         return None
@@ -287,7 +308,8 @@ class DecoupledModel(nn.Module):
                 f"method {self.method!r} backpropagates end to end, so its stages cannot train on different batches "
                 "at once; use train_step() or fit() (which trains it sequentially), or convert with a decoupled method"
             )
-        return Pipeline(list(self.stages), bind=self.bind, depth=depth, record=record, on_sync=self._pipeline_sync)
+        return Pipeline(list(self.stages), bind=self.bind, depth=depth, record=record, on_sync=self._pipeline_sync,
+                        config=self.training_config)  # fmt: skip
 
     def _pipeline_sync(self, batches: int, timeline: Timeline | None) -> None:
         self.steps += batches
@@ -305,14 +327,25 @@ class DecoupledModel(nn.Module):
         depth: int = 2,
         record: bool = False,
         backend: str = "threads",
+        validation: Iterable[Any] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        callbacks: Iterable[Callback] | Callback | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        keep_checkpoints: int = 2,
     ) -> list[RunStats] | History:
-        """Train for ``epochs`` passes over ``loader``; returns one :class:`RunStats` per epoch.
+        """Train until ``epochs`` passes over ``loader``; returns one :class:`RunStats` per epoch.
 
         Batches are ``(x, y)``, ``(*inputs, y)`` or dicts of keyword inputs with the target under
         ``"target"`` (or ``"labels"``, ``"label"``, ``"y"``). Decoupled methods train through
         :meth:`pipeline` unless ``pipelined=False``; ``bp`` trains sequentially. A progress bar per
-        epoch shows per-stage losses and the last stage's accuracy on logits.
-        ``on_epoch_end(epoch, stats)`` runs after each epoch with no batch in flight.
+        epoch shows per-stage losses, accuracy, learning rate and validation accuracy.
+        ``validation``: a loader evaluated after each epoch on the inference path (``stats.validation``).
+        ``log_dir``: CSV files (and TensorBoard events when installed). ``callbacks``:
+        :class:`decouple.Callback` objects (``on_epoch_end(epoch, stats)`` is a shortcut).
+        ``checkpoint_dir``: the whole training state after each epoch, atomically, the newest
+        ``keep_checkpoints`` kept; ``resume=True`` continues from the newest one (``epochs`` is the
+        total). See ``decouple/runtime/fit.py``.
 
         ``backend="processes"`` trains with one process per stage on this machine instead of one
         thread per stage (the way past Python's GIL; see :func:`decouple.distributed.fit_processes`)
@@ -321,21 +354,17 @@ class DecoupledModel(nn.Module):
         if backend == "processes":
             from .runtime.distributed.processes import fit_processes
 
+            if any(v is not None for v in (validation, log_dir, callbacks, checkpoint_dir)) or resume:
+                raise ConfigError("backend='processes' trains without validation, logs, callbacks or checkpoints; use "
+                                  "decouple.distributed.StageTrainer(dm).fit(...) under launch() or torchrun for those")  # fmt: skip
             return fit_processes(self, loader, epochs)
         if backend != "threads":
             raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
         from .runtime.fit import fit
 
-        return fit(
-            self,
-            loader,
-            epochs,
-            pipelined=pipelined,
-            progress=progress,
-            on_epoch_end=on_epoch_end,
-            depth=depth,
-            record=record,
-        )
+        return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,
+                   depth=depth, record=record, validation=validation, log_dir=log_dir, callbacks=callbacks,
+                   checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)  # fmt: skip
 
     def timeline(self) -> Timeline:
         """The events of the last pipeline run with ``record=True``; ``.render_png(path)`` draws them."""

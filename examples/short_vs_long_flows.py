@@ -74,6 +74,7 @@ def joint_fit(
             samples += batch_size(args, kwargs, target)
             bar.set_postfix({f"s{k}": f"{float(loss.detach()):.3f}" for k, loss in enumerate(losses)}, refresh=False)
         bar.close()
+        dm.end_epoch()  # the per-epoch learning-rate schedule
         stats = RunStats(
             {f"stage{k}": s / max(batches, 1) for k, s in enumerate(sums)},
             batches,

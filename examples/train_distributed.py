@@ -20,6 +20,7 @@ from torch import nn
 import decouple
 from decouple.distributed import StageTrainer, StepRecord, gather_effective_state_dict, launch
 from decouple.experiments.datasets import mnist_loaders
+from decouple.experiments.study import add_training_arguments
 
 
 class SmallCNN(nn.Module):
@@ -58,7 +59,8 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     world = int(os.environ["WORLD_SIZE"])
     model = SmallCNN()
-    dm = decouple.convert(model, method=args.method, splits=world, example_inputs=(torch.randn(2, 1, 28, 28),))
+    dm = decouple.convert(model, method=args.method, splits=world, example_inputs=(torch.randn(2, 1, 28, 28),),
+                          precision=args.precision, compile=args.compile)  # fmt: skip
     trainer = StageTrainer(dm, device=args.device)
     last = trainer.rank == world - 1
     train_loader, test_loader = (
@@ -93,6 +95,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="'cuda' puts each rank's stage on its own GPU (NCCL)")
     parser.add_argument("--checkpoint", default="checkpoints/train_distributed")
     parser.add_argument("--seed", type=int, default=0)
+    add_training_arguments(parser)  # --precision, --compile: every rank trains its stage with them
     args = parser.parse_args()
 
     if "RANK" in os.environ:  # started by torchrun

@@ -101,3 +101,23 @@ def test_python_m_decouple_demo_help() -> None:
         [sys.executable, "-m", "decouple", "--help"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
     )
     assert "demo" in listing.stdout
+
+
+def test_demo_trains_in_bf16_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--precision", "bf16", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16" in out.splitlines()[1]
+    assert len(re.findall(r"^  epoch 1: test accuracy \d+\.\d\d%$", out, flags=re.M)) == 2
+    assert cli.main(["demo", "--precision", "fp16", *TINY]) == 2  # no CUDA here: the error names the fix
+    assert "use precision='bf16' on CPU" in capsys.readouterr().err or torch.cuda.is_available()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_bf16_demo_reaches_fp32_test_accuracy_within_half_a_point() -> None:
+    """The demo at its default settings (4 epochs, all 12,000 images), scl and bp, in fp32 and in bf16."""
+    fp32 = run_demo(DemoConfig(progress=False))
+    bf16 = run_demo(DemoConfig(progress=False, precision="bf16"))
+    for full, half in zip(fp32, bf16):
+        assert full.method == half.method
+        assert abs(full.final - half.final) <= 0.005, (full.method, full.final, half.final)

@@ -111,7 +111,7 @@ def run_as_threads(dm: decouple.DecoupledModel, data: list[Any], epochs: int = 1
     def rank(r: int) -> None:
         inbox = Link(groups[r], r - 1, cpu) if r > 0 else None
         outbox = Link(groups[r], r + 1, cpu) if r < n - 1 else None
-        runner = StageRunner(dm.stages[r], inbox=inbox, outbox=outbox)
+        runner = StageRunner(dm.stages[r], inbox=inbox, outbox=outbox, config=dm.training_config)
         try:
             if r == 0:
                 logs[r] = runner.run_source(epochs, lambda epoch: ((dm.bind((x,), {}), y) for x, y in data))

@@ -11,7 +11,7 @@ import torch
 from ..errors import ConfigError
 from ..inspection import describe_conversion, describe_splits, trace_model
 from ..passes.registry import parse_options
-from ..runtime.state import MODEL_FORMAT
+from ..runtime.state import MODEL_FORMATS
 from ..standalone import export_source
 from .arguments import (
     add_conversion_arguments,
@@ -126,7 +126,7 @@ def _read_checkpoint(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"--checkpoint {path!r} is not a readable torch checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in MODEL_FORMATS:
         raise ConfigError(
             f"--checkpoint {path!r} is not a DecoupledModel.state_dict(); save one with torch.save(dm.state_dict(), path)"
         )

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..experiments.demo import DemoConfig, run_demo
+from ..experiments.study import add_training_arguments
 from .main import Command, register_command
 from .main import main as cli_main
 
@@ -47,6 +48,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.threads,
         help=f"torch intra-op threads (default {d.threads}: the pipeline already runs a thread per stage)",
     )
+    add_training_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--train-limit", type=int, help=argparse.SUPPRESS)  # tests: the first N training images
     parser.add_argument("--test-limit", type=int, help=argparse.SUPPRESS)
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(
         method=args.method, epochs=args.epochs, stages=args.stages, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
         augment=not args.no_augment, threads=args.threads, progress=not args.no_progress,
-        train_limit=args.train_limit, test_limit=args.test_limit,
+        train_limit=args.train_limit, test_limit=args.test_limit, precision=args.precision, compile=args.compile,
     )  # fmt: skip
 
 

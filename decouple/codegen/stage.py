@@ -1,14 +1,15 @@
-"""A stage of a decoupled model: its generated component module, local objective and optimizer.
+"""A stage of a decoupled model: its generated component module, local objective, optimizer and scheduler.
 
 A stage reads a *message* (``{value name: value}``: the values crossing the cut before it) and
 produces the next message. Its generated module exists once per training mode when tracing
 froze mode-dependent Python (functional dropout, stochastic depth); both share the same
-parameters and buffers, and ``Stage.training`` picks which one runs.
+parameters and buffers, and ``Stage.training`` picks which one runs. How a stage steps (precision,
+accumulation, clipping, schedules) is the runtime's: ``decouple/runtime/step.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
 
@@ -16,7 +17,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import StageError
 from ..objectives.base import LocalObjective, LocalResult
 
 __all__ = ["Stage", "StageIO", "StageResult", "StageList"]
@@ -76,9 +76,19 @@ class Stage(nn.Module):
         self.device = torch.device(device)
         self.objective_extras = dict(objective_extras or {})
         self.optimizer: torch.optim.Optimizer | None = None
+        #: the learning-rate scheduler of ``optimizer`` (``convert(scheduler=...)``), or None
+        self.scheduler: Any = None
+        #: the fp16 gradient scaler of this stage (``convert(precision="fp16")``), or None
+        self.scaler: torch.amp.GradScaler | None = None
+        #: batches whose gradients are summed since this stage's last optimizer step (``accumulate``)
+        self.accumulated = 0
         #: what a non-finite local loss does: "raise" a StageError, or "skip" this stage's update
         self.on_nonfinite = "raise"
         self.skipped_steps = 0
+        #: what runs in training mode instead of ``module`` / ``objective``: torch.compile'd callables the
+        #: runtime sets (``convert(compile=True)``); plain callables, not submodules, so state dicts stay as they are
+        self.compiled_module: Callable[..., Any] | None = None
+        self.compiled_objective: Callable[..., Any] | None = None
 
     # -- parameters -------------------------------------------------------------------------
     @property
@@ -119,7 +129,8 @@ class Stage(nn.Module):
         model returns.
         """
         io = self.current_io
-        out = self.graph_module(*[message[name] for name in io.inputs])
+        compiled = self.compiled_module if self.training else None
+        out = (compiled or self.graph_module)(*[message[name] for name in io.inputs])
         if io.last:
             return {}, out
         produced: dict[str, Any] = out
@@ -145,44 +156,10 @@ class Stage(nn.Module):
         """The local objective on the stage's output (``None`` for a stage without one)."""
         if self.objective is None:
             return None
-        result: LocalResult = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        compiled = self.compiled_objective if self.training else None
+        objective = compiled or self.objective
+        result: LocalResult = objective(output, carry, **self.objective_kwargs(message, next_message))
         return result
-
-    def check_finite(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
-        """Whether to step on ``loss``: a non-finite loss raises a :class:`StageError`
-        (``on_nonfinite="raise"``) or is skipped and counted in ``skipped_steps`` (``"skip"``)."""
-        if bool(torch.isfinite(loss.detach())):
-            return True
-        if self.on_nonfinite == "skip":
-            self.skipped_steps += 1
-            return False
-        where = f" at batch {batch}" if batch is not None else ""
-        raise StageError(
-            f"stage {self.index}: local loss is {float(loss.detach())}{where}; lower the learning rate, check the inputs, "
-            "or convert with on_nonfinite='skip' to skip such updates",
-            stage=self.index,
-            batch=batch,
-        )
-
-    def step(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
-        """Backpropagate this stage's local loss and update its parameters; returns whether it stepped."""
-        if not self.check_finite(loss, batch=batch):
-            return False
-        self.backward(loss)
-        self.update()
-        return True
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """Clear this stage's gradients and backpropagate its local loss (first half of :meth:`step`)."""
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-
-    def update(self) -> None:
-        """The optimizer step on the gradients of :meth:`backward` (second half of :meth:`step`)."""
-        if self.optimizer is not None:
-            self.optimizer.step()
 
     def extra_repr(self) -> str:
         return f"index={self.index}, device={self.device}"

@@ -42,6 +42,8 @@ class DemoConfig:
     progress: bool = True
     train_limit: int | None = None
     test_limit: int | None = None
+    precision: str = "32"  # "bf16": bfloat16 autocast (convert(precision=...)), for both methods
+    compile: bool = False  # torch.compile every stage (convert(compile=True))
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -83,7 +85,7 @@ def _train(config: DemoConfig, method: str, model: torch.nn.Module, label: str) 
     result, _ = train_and_evaluate(
         model, method, config.splits, train, data.test, epochs=config.epochs, example=data.example, arch="demo",
         seed=config.seed, lr=config.lr, devices="cpu", options=RECIPES.get(method), progress=config.progress,
-        on_epoch=report,
+        on_epoch=report, precision=config.precision, compile=config.compile,
     )  # fmt: skip
     return result
 
@@ -113,7 +115,8 @@ def run_demo(config: DemoConfig) -> list[RunResult]:
             f"decouple demo: DemoCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on the bundled {data.describe()}"
         )
         print(f"{config.stages} stages (splits {', '.join(config.splits)}) on cpu, {_plural(config.epochs, 'epoch')}, batch {config.batch_size}, "
-              f"Adam lr {config.lr:g} with cosine decay, {augment}, seed {config.seed}")  # fmt: skip
+              f"Adam lr {config.lr:g} with cosine decay, {augment}, seed {config.seed}, precision {config.precision}"
+              f"{', compiled' if config.compile else ''}")  # fmt: skip
         methods = [config.method] + ([BASELINE] if config.method != BASELINE else [])
         results = []
         for i, method in enumerate(methods):

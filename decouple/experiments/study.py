@@ -24,7 +24,15 @@ from .image_data import DATASETS, ImageData, image_data
 from .models import ARCHITECTURES, get_architecture
 from .training import SCHEDULES, FitFunction, RunResult, torch_threads, train_and_evaluate
 
-__all__ = ["Variant", "Study", "add_study_arguments", "study_from_args", "parse_method_options", "run_script"]
+__all__ = [
+    "Variant",
+    "Study",
+    "add_study_arguments",
+    "add_training_arguments",
+    "study_from_args",
+    "parse_method_options",
+    "run_script",
+]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, archs: str, epochs: 
     run.add_argument(
         "--seeds", type=int, default=seeds, help=f"number of seeds: --seed, --seed + 1, ... (default {seeds})"
     )
+    add_training_arguments(run)
     run.add_argument("--device", default="cpu", help="device of every stage, e.g. cuda or cuda:0 (default cpu)")
     run.add_argument(
         "--threads",
@@ -103,6 +112,19 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, archs: str, epochs: 
     )
     run.add_argument("--out", default=out, metavar="DIR", help=f"folder for the CSV files and figures (default {out})")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--precision`` and ``--compile``, as ``decouple demo`` and every example take them (``convert``'s options)."""
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=("32", "bf16", "fp16"),
+        help="autocast of every stage: 32 (default), bf16 (CPU or recent GPUs) or fp16 (CUDA, with gradient scaling)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every stage (a stage that fails to compile runs eagerly)"
+    )
 
 
 def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -141,6 +163,8 @@ class Study:
     out: Path = Path("results")
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None  # torch intra-op threads while the runs train (None: leave torch's setting)
+    precision: str = "32"
+    compile: bool = False
 
     def data(self, seed: int) -> ImageData:
         return image_data(self.dataset, data_root=self.data_root, batch_size=self.batch_size, train_limit=self.train_limit,
@@ -171,7 +195,8 @@ class Study:
         views = "two views per image" if self.views == 2 else "one view"
         aug = "augmented" if self.augment else "not augmented"
         return (f"{self.epochs} epochs, batch {self.batch_size} ({views}, {aug}), {self.optimizer} lr {self.lr:g} "
-                f"({self.schedule}), weight decay {self.weight_decay:g}, seeds {self.seeds}, device {self.device}")  # fmt: skip
+                f"({self.schedule}), weight decay {self.weight_decay:g}, seeds {self.seeds}, device {self.device}, "
+                f"precision {self.precision}{', compiled' if self.compile else ''}")  # fmt: skip
 
     def run(self, variants: Sequence[Variant], archs: Sequence[str] | None = None) -> list[RunResult]:
         """Train every variant on every architecture for every seed; one line per finished run."""
@@ -195,7 +220,8 @@ class Study:
                     model, variant.method, spec.splits_for(method=variant.method), self.loader(data, seed), data.test, epochs=self.epochs,
                     example=data.example, arch=arch, seed=seed, lr=self.lr, weight_decay=self.weight_decay,
                     optimizer=self.optimizer, schedule=self.schedule, devices=self.device, options=options,
-                    progress=self.progress, label=variant.label, fit=variant.fit,
+                    progress=self.progress, label=variant.label, fit=variant.fit, precision=self.precision,
+                    compile=self.compile,
                 )  # fmt: skip
                 accs = " ".join(f"{100 * a:.2f}" for a in result.test_accuracy)
                 print(f"    test accuracy per epoch: {accs}  ({result.seconds:.1f} s)", flush=True)
@@ -236,7 +262,8 @@ def study_from_args(args: argparse.Namespace) -> Study:
         schedule=args.schedule, width=args.width, views=args.views, augment=not args.no_augment, device=args.device,
         data_root=args.data_root, download=not args.no_download, train_limit=args.train_limit,
         test_limit=args.test_limit, progress=not args.no_progress, out=Path(args.out),
-        method_options=parse_method_options(args.option), threads=threads,
+        method_options=parse_method_options(args.option), threads=threads, precision=args.precision,
+        compile=args.compile,
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "FitFunction",
     "evaluate",
     "optimizer_factory",
+    "scheduler_factory",
     "train_and_evaluate",
     "SCHEDULES",
     "RECIPES",
@@ -109,16 +110,13 @@ def optimizer_factory(
     raise ConfigError(f"unknown optimizer {kind!r}; choose 'adam' or 'sgd'")
 
 
-def _schedulers(dm: DecoupledModel, schedule: str, epochs: int) -> list[Any]:
+def scheduler_factory(schedule: str, epochs: int) -> Callable[[torch.optim.Optimizer], Any] | None:
+    """The per-epoch learning-rate schedule as ``convert(scheduler=...)`` takes it ("constant": ``None``)."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if schedule == "constant":
-        return []
-    return [
-        torch.optim.lr_scheduler.CosineAnnealingLR(s.optimizer, T_max=epochs)
-        for s in dm.stages
-        if s.optimizer is not None
-    ]
+        return None
+    return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
 
 def train_and_evaluate(
@@ -144,17 +142,21 @@ def train_and_evaluate(
     on_epoch: Callable[[int, RunResult], Any] | None = None,
     label: str = "",
     fit: FitFunction | None = None,
+    precision: str = "32",
+    compile: bool = False,
 ) -> tuple[RunResult, DecoupledModel]:
     """Convert a copy of ``model`` with ``method``, train it ``epochs`` times over ``train``, test after each epoch.
 
-    The learning rate follows ``schedule`` per epoch ("cosine" anneals to 0 over ``epochs``).
+    The learning rate follows ``schedule`` per epoch ("cosine" anneals to 0 over ``epochs``), through
+    ``convert(scheduler=..., scheduler_interval="epoch")``; a ``fit`` of one's own calls
+    ``dm.end_epoch()`` after each epoch. ``precision`` and ``compile`` go to ``convert``.
     ``on_epoch(epoch, result)`` runs after each epoch's test (e.g. to update a progress line).
     ``fit`` replaces :meth:`DecoupledModel.fit` (same arguments) for training loops of one's own.
     """
     torch.manual_seed(seed)  # the local heads' initial weights
     dm = convert(model, method=method, splits=splits, example_inputs=(example,), devices=devices,
-                 optimizer=optimizer_factory(lr, weight_decay, optimizer), **(options or {}))  # fmt: skip
-    schedulers = _schedulers(dm, schedule, epochs)
+                 optimizer=optimizer_factory(lr, weight_decay, optimizer), scheduler=scheduler_factory(schedule, epochs),
+                 scheduler_interval="epoch", precision=precision, compile=compile, **(options or {}))  # fmt: skip
     result = RunResult(arch=arch, method=method, seed=seed, label=label, params=dm.param_counts())
     device = eval_device or str(dm.stages[-1].device)
     testing = [0.0]
@@ -165,8 +167,6 @@ def train_and_evaluate(
         testing[0] += time.perf_counter() - tic
         result.train_accuracy.append(stats.accuracy)
         result.losses.append(dict(stats.losses))
-        for scheduler in schedulers:
-            scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, result)
 

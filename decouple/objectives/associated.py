@@ -11,8 +11,12 @@ from torch import nn
 from ..tree import first_tensor
 from .base import LocalObjective, LocalResult
 from .losses import check_class_targets
+from .precision import full_precision
 
 __all__ = ["AssociatedObjective"]
+
+_mse = full_precision(F.mse_loss)
+_cross_entropy = full_precision(F.cross_entropy)
 
 
 class AssociatedObjective(LocalObjective):
@@ -58,12 +62,12 @@ class AssociatedObjective(LocalObjective):
             t_prev = carry
         t = self.encoder(t_prev)
         s_prime = self.bridge(representation, **extras) if extras else self.bridge(representation)
-        associated = F.mse_loss(s_prime, t if self.target_grad else t.detach())
+        associated = _mse(s_prime, t if self.target_grad else t.detach())
         reconstruction = self.decoder(t)
         if self.layer == 1 and self.first_loss == "ce":
-            autoencoder = F.cross_entropy(reconstruction, labels)
+            autoencoder = _cross_entropy(reconstruction, labels)
         else:
-            autoencoder = F.mse_loss(reconstruction, t_prev)
+            autoencoder = _mse(reconstruction, t_prev)
         prediction = None
         if self.layer == 1:
             with torch.no_grad():  # the forward shortcut x -> f_1 -> b_1 -> h_1, for metrics

@@ -10,8 +10,11 @@ from torch import nn
 from ..tree import first_tensor
 from .base import LocalObjective, LocalResult
 from .losses import check_class_targets
+from .precision import full_precision
 
 __all__ = ["ExitObjective"]
+
+_cross_entropy = full_precision(F.cross_entropy)
 
 
 class ExitObjective(LocalObjective):
@@ -26,4 +29,4 @@ class ExitObjective(LocalObjective):
         x = first_tensor(representation)
         labels = check_class_targets(carry, x.shape[0], method="early_exit", num_classes=self.num_classes)
         logits = self.classifier(representation, **extras) if extras else self.classifier(representation)
-        return LocalResult(F.cross_entropy(logits, labels), carry, logits)
+        return LocalResult(_cross_entropy(logits, labels), carry, logits)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TargetError
+from .precision import full_precision
 
 __all__ = [
     "supcon_loss",
@@ -28,6 +29,7 @@ __all__ = [
 SupConVariant = Literal["paper", "released"]
 
 
+@full_precision
 def supcon_loss(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -111,6 +113,7 @@ def logits_of(output: Any) -> torch.Tensor | None:
     return logits if isinstance(logits, torch.Tensor) else None
 
 
+@full_precision
 def default_task_loss(output: Any, target: Any) -> torch.Tensor:
     """Cross-entropy of ``(N, C)`` logits against class indices (or class probabilities).
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from .base import LocalObjective, LocalResult, pooled
 from .losses import SupConVariant, check_class_targets, supcon_loss
+from .precision import upcast
 
 __all__ = ["SupConObjective"]
 
@@ -39,7 +40,7 @@ class SupConObjective(LocalObjective):
         self.reduction = reduction
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
-        z = F.normalize(self.projector(pooled(self.pool, representation, extras)), dim=1)  # (N, D)
+        z = F.normalize(upcast(self.projector(pooled(self.pool, representation, extras))), dim=1)  # (N, D), in fp32
         labels = check_class_targets(carry, z.shape[0], method="scl", num_classes=self.num_classes)
         loss = supcon_loss(z, labels, self.temperature, variant=self.variant, reduction=self.reduction)  # type: ignore[arg-type]
         return LocalResult(loss, carry)

@@ -10,6 +10,7 @@ import torch
 from ..errors import TargetError
 from .base import LocalObjective, LocalResult
 from .losses import logits_of
+from .precision import full_precision
 
 __all__ = ["TaskObjective"]
 
@@ -22,7 +23,7 @@ class TaskObjective(LocalObjective):
         self.loss_fn = loss_fn
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
-        loss = self.loss_fn(representation, carry)
+        loss = full_precision(self.loss_fn)(representation, carry)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise TargetError(f"loss_fn must return a scalar tensor, got {shape}; reduce it with .mean()")

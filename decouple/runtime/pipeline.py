@@ -29,9 +29,10 @@ import torch
 
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
-from ..tree import detach_tree
+from .config import TrainingConfig
 from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
+from .step import backward_local, forward_local, hand_on
 from .timeline import Recorder, Timeline
 
 __all__ = ["Batch", "Pipeline"]
@@ -96,6 +97,7 @@ class _Worker:
     """What one stage's thread needs: the stage, its meter and recorder, its CUDA streams."""
 
     stage: Stage
+    config: TrainingConfig
     meter: StageMeter
     recorder: Recorder
     last: bool
@@ -110,22 +112,15 @@ class _Worker:
 
     def train(self, batch: Batch) -> Batch:
         """Forward, local loss, backward and step on one batch; the batch for the next stage."""
-        stage, rec, b = self.stage, self.recorder, batch.index
+        stage, rec, b, config = self.stage, self.recorder, batch.index, self.config
         moving = needs_transfer((batch.message, batch.carry), stage.device, batch.ready)
         with rec.phase(b, "copy") if moving else nullcontext():
             message, carry = receive((batch.message, batch.carry), stage.device, self.streams, batch.ready)
-        with torch.enable_grad():
-            with rec.phase(b, "forward"):
-                next_message, output = stage(message)
-            with rec.phase(b, "loss"):
-                local = stage.evaluate(message, next_message, output, carry)
-            if local is not None:
-                if stage.check_finite(local.loss, batch=b):  # raises, or skips and counts
-                    with rec.phase(b, "backward"):
-                        stage.backward(local.loss)
-                    with rec.phase(b, "step"):
-                        stage.update()
-                carry = local.carry
+        result = forward_local(stage, config, message, carry, phase=lambda name: rec.phase(b, name))
+        local = result.result
+        if local is not None:
+            backward_local(stage, config, local.loss, batch=b, phase=lambda name: rec.phase(b, name))
+            carry = local.carry
         ready = ready_event(self.streams)
         if local is not None:
             scored = correct_predictions(local.prediction, batch.target) if self.last else None
@@ -133,7 +128,7 @@ class _Worker:
             self.meter.add(local.loss, correct, total, event=ready)
         if self.last:
             return Batch(b, {}, None, None, batch.samples)
-        return Batch(b, detach_tree(next_message), detach_tree(carry), batch.target, batch.samples, ready)
+        return Batch(b, hand_on(result.message, config), hand_on(carry, config), batch.target, batch.samples, ready)
 
 
 def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:
@@ -175,7 +170,8 @@ class Pipeline:
     statistics (the pipeline stays open for more); leaving the block finishes the submitted
     batches (or, after an error or KeyboardInterrupt, discards them) and joins every worker.
     ``on_sync(batches, timeline)`` is told at each drain and at the close how many more batches
-    every stage has trained.
+    every stage has trained. ``config`` is how each stage steps (precision, accumulation, clipping,
+    schedules; :mod:`.step`), the same as the sequential step.
     """
 
     def __init__(
@@ -186,10 +182,12 @@ class Pipeline:
         depth: int = 2,
         record: bool = False,
         on_sync: Callable[[int, Timeline | None], None] | None = None,
+        config: TrainingConfig | None = None,
     ) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be an int >= 1 (batches each queue holds), got {depth!r}")
         self.stages = list(stages)
+        self.config = config or TrainingConfig()
         self.depth = depth
         self.record = record
         self._bind = bind
@@ -230,7 +228,7 @@ class Pipeline:
         devices = [s.device for s in self.stages]
         reset_peak_memory(devices)
         self._workers = [
-            _Worker(s, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
+            _Worker(s, self.config, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
                     streams_for(s.device))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..codegen.stage import StageList
+from .config import TrainingConfig
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -23,6 +24,7 @@ class StagedModel(Protocol):
 
     method: str
     steps: int  # batches every stage has trained
+    training_config: TrainingConfig  # precision, schedules, clipping, accumulation, compile
 
     stages: StageList
 
@@ -38,6 +40,16 @@ class StagedModel(Protocol):
 
     def fingerprint(self) -> str:
         """A hash of the conversion (method, stage boundaries, parameter shapes)."""
+
+    @property
+    def exits(self) -> list[int]:
+        """The early exits ``inference_module(exit=l)`` answers from, besides the full inference path."""
+
+    def inference_module(self, *, exit: int | None = None, device: Any = None) -> Any:
+        """An eval-mode snapshot of the inference path (or of exit ``exit``)."""
+
+    def task_loss(self, output: Any, target: Any) -> Any:
+        """The conversion's task loss (``loss_fn``) on what the model returns."""
 
     def pipeline(self, *, depth: int = 2, record: bool = False) -> Pipeline:
         """A cross-batch pipeline over the stages."""

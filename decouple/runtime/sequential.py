@@ -1,8 +1,9 @@
 """Sequential training: each stage's forward, local backward and step, one after another.
 
 This is the reference semantics every other runtime must reproduce: stage ``k`` runs on batch
-``b`` with the parameters it has after batch ``b - 1``, and hands on outputs computed before its
-own update.
+``b`` with the parameters it has after the optimizer steps of the groups completed before ``b``
+(every batch, with ``accumulate=1``), and hands on outputs computed before its own update. The
+step itself (precision, accumulation, clipping, schedules) is :mod:`.step`'s.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ import torch
 from ..codegen.stage import Stage, StageResult
 from ..objectives.base import LocalResult
 from ..tree import move_tree
+from .config import TrainingConfig
+from .step import autocast, backward_end_to_end, backward_local, forward_local, hand_on
 
 __all__ = ["forward_stages", "train_step"]
 
+_DEFAULT = TrainingConfig()
+
 
 def forward_stages(
-    stages: Sequence[Stage], message: dict[str, Any], carry: Any, *, objectives: bool = True
+    stages: Sequence[Stage],
+    message: dict[str, Any],
+    carry: Any,
+    *,
+    objectives: bool = True,
+    config: TrainingConfig = _DEFAULT,
 ) -> list[StageResult]:
-    """Run every stage in order (with gradients as the caller's grad mode says), no backward."""
+    """Run every stage in order (with gradients as the caller's grad mode says, under autocast), no backward."""
     results = []
     for stage in stages:
         message = move_tree(message, stage.device)
         carry = move_tree(carry, stage.device)
-        result = stage.run(message, carry, with_objective=objectives)
+        with autocast(stage.device, config):
+            result = stage.run(message, carry, with_objective=objectives)
         results.append(result)
         message = result.message
         if result.result is not None:
@@ -40,6 +51,7 @@ def train_step(
     message: dict[str, Any],
     carry: Any,
     *,
+    config: TrainingConfig = _DEFAULT,
     end_to_end: bool = False,
     batch: int | None = None,
     results: list[LocalResult | None] | None = None,
@@ -51,20 +63,13 @@ def train_step(
     ``results``, when given, receives each stage's :class:`LocalResult` (for metrics).
     """
     if end_to_end:
-        forward = forward_stages(stages, message, carry)
+        with torch.enable_grad():
+            forward = forward_stages(stages, message, carry, config=config)
         if results is not None:
             results.extend(r.result for r in forward)
         final = forward[-1].result
         assert final is not None, "the last stage of an end-to-end program has the task loss"
-        if not stages[-1].check_finite(final.loss, batch=batch):  # raises, or counts the skip
-            return [None] * (len(stages) - 1) + [final.loss.detach()]
-        for stage in stages:
-            if stage.optimizer is not None:
-                stage.optimizer.zero_grad(set_to_none=True)
-        final.loss.backward()
-        for stage in stages:
-            if stage.optimizer is not None:
-                stage.optimizer.step()
+        backward_end_to_end(stages, config, final.loss, batch=batch)
         return [None] * (len(stages) - 1) + [final.loss.detach()]
 
     losses: list[torch.Tensor | None] = []
@@ -72,15 +77,15 @@ def train_step(
         with torch.no_grad():
             message = move_tree(message, stage.device)
             carry = move_tree(carry, stage.device)
-        result = stage.run(message, carry)
+        result = forward_local(stage, config, message, carry)
         local = result.result
         if results is not None:
             results.append(local)
         if local is None:
             losses.append(None)
         else:
-            stage.step(local.loss, batch=batch)
+            backward_local(stage, config, local.loss, batch=batch)
             losses.append(local.loss.detach())
             carry = local.carry
-        message = result.message
+        message, carry = hand_on(result.message, config), hand_on(carry, config)
     return losses

@@ -27,7 +27,9 @@ class RunStats:
     ``train_step`` returns them. ``accuracy``: of the last stage's predictions, when they are
     ``(batch, classes)`` logits and the target holds class indices. ``peak_memory``: bytes per
     stage, CUDA ``max_memory_allocated`` of its device (stages sharing a device share the
-    number), ``None`` on CPU where it is not measurable per stage.
+    number), ``None`` on CPU where it is not measurable per stage. From ``fit``: ``learning_rates``
+    per stage at the end of the epoch's training, and ``validation`` metrics of the inference path
+    (``"accuracy"``, ``"loss"``, ``"exit1_accuracy"``, ...) when a validation loader was given.
     """
 
     losses: dict[str, float]
@@ -36,6 +38,8 @@ class RunStats:
     seconds: float
     accuracy: float | None = None
     peak_memory: list[int | None] = field(default_factory=list)
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -45,7 +49,8 @@ class RunStats:
     def __str__(self) -> str:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in self.losses.items())
         acc = f"  acc {self.accuracy:.4f}" if self.accuracy is not None else ""
-        return f"{self.batches} batches, {self.samples} samples in {self.seconds:.2f}s ({self.throughput:.1f}/s)  {shown}{acc}"
+        val = "".join(f"  val_{k} {v:.4f}" for k, v in self.validation.items())
+        return f"{self.batches} batches, {self.samples} samples in {self.seconds:.2f}s ({self.throughput:.1f}/s)  {shown}{acc}{val}"
 
 
 class StageMeter:

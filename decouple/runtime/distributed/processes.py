@@ -9,10 +9,12 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from typing import Any
 
 from ...errors import ConfigError
 from ...frontend.trace import Trace
+from ..config import TrainingConfig
 from ..protocol import StagedModel
 from ..state import load_model_state, merge_stage_checkpoints
 from .launch import launch
@@ -33,6 +35,9 @@ class _RankPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, Trace):
             return _TraceInputs, (obj.inputs,)
+        if isinstance(obj, TrainingConfig) and obj.scheduler is not None:
+            # the stages hold their schedulers already; the factory (often a lambda) stays here
+            return TrainingConfig, tuple(getattr(obj, f.name) if f.name != "scheduler" else None for f in fields(obj))
         return NotImplemented
 
 

@@ -1,7 +1,7 @@
 """Multi-process stage loop: one stage per rank, only forward messages between ranks.
 
-Rank ``k`` trains stage ``k`` as :func:`decouple.runtime.sequential.train_step` does: forward,
-local loss, backward, its own optimizer step. Its detached message and carry go to rank
+Rank ``k`` trains stage ``k`` as :func:`decouple.runtime.sequential.train_step` does, through the
+same local step (:mod:`decouple.runtime.step`: precision, accumulation, clipping, schedules). Its detached message and carry go to rank
 ``k + 1`` and nothing comes back, so after any number of batches every rank holds the
 parameters of the sequential run. The message is posted before the backward so that rank
 ``k + 1`` starts on a batch while rank ``k`` still updates.
@@ -28,6 +28,8 @@ import torch.distributed as dist
 from ...codegen.stage import Stage
 from ...errors import RankFailedError, StageError
 from ...tree import move_tree
+from ..config import TrainingConfig
+from ..step import backward_local, end_epoch, forward_local, hand_on
 from .links import Kind, Link, LinkError
 
 __all__ = ["FailureBoard", "FailureRecord", "StageLog", "StepRecord", "StageRunner", "explain_link_error"]
@@ -131,6 +133,7 @@ class StageLog:
     epoch_losses: list[float | None] = field(default_factory=list)
     batches: int = 0
     seconds: float = 0.0
+    epoch_batches: list[int] = field(default_factory=list)
 
 
 class StageRunner:
@@ -147,38 +150,51 @@ class StageRunner:
         inbox: Link | None,
         outbox: Link | None,
         on_step: Callable[[StepRecord], None] | None = None,
+        config: TrainingConfig | None = None,
+        on_epoch_end: Callable[[int, StageLog], None] | None = None,
     ) -> None:
         self.stage = stage
+        self.config = config or TrainingConfig()
+        self.on_epoch_end = on_epoch_end
         self.inbox = inbox
         self.outbox = outbox
         self.on_step = on_step
         self.position: tuple[int, int] | None = None
 
-    def run_source(self, epochs: int, batches: Callable[[int], Iterable[tuple[dict[str, Any], Any]]]) -> StageLog:
-        """Rank 0: train on ``batches(epoch)`` for each epoch and forward the stream."""
-        log = StageLog(self.stage.index)
+    def run_source(
+        self,
+        epochs: int,
+        batches: Callable[[int], Iterable[tuple[dict[str, Any], Any]]],
+        *,
+        first_epoch: int = 0,
+        log: StageLog | None = None,
+    ) -> StageLog:
+        """Rank 0: train on ``batches(epoch)`` for epochs ``first_epoch .. epochs - 1`` and forward the stream.
+
+        ``log``: the log of the epochs before ``first_epoch`` (resuming), continued."""
+        log = log or StageLog(self.stage.index)
         start = time.perf_counter()
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             total, count = None, 0
             for b, (message, carry) in enumerate(batches(epoch)):
                 self.position = (epoch, b)
                 total, count = self._accumulate(total, count, self._train(message, carry))
-            self._close_epoch(log, total, count)
+            self._close_epoch(log, total, count, epoch)
         return self._stop(log, start)
 
-    def run_follower(self) -> StageLog:
+    def run_follower(self, *, first_epoch: int = 0, log: StageLog | None = None) -> StageLog:
         """Ranks after 0: train on every message from the inbox until the stream stops."""
         assert self.inbox is not None, "a follower has an inbox"
-        log = StageLog(self.stage.index)
+        log = log or StageLog(self.stage.index)
         start = time.perf_counter()
-        epoch, b, total, count = 0, 0, None, 0
+        epoch, b, total, count = first_epoch, 0, None, 0
         while True:
             self.position = (epoch, b)  # the batch it waits for, then trains
             kind, payload = self.inbox.recv()
             if kind == Kind.STOP:
                 break
             if kind == Kind.EPOCH_END:
-                self._close_epoch(log, total, count)
+                self._close_epoch(log, total, count, epoch)
                 epoch, b, total, count = epoch + 1, 0, None, 0
                 continue
             message, carry = payload
@@ -188,22 +204,25 @@ class StageRunner:
 
     # -- one batch --------------------------------------------------------------------------
     def _train(self, message: dict[str, Any], carry: Any) -> torch.Tensor | None:
-        stage = self.stage
+        stage, config = self.stage, self.config
+        batch = self.position[1] if self.position is not None else None
         with torch.no_grad():
             message = move_tree(message, stage.device)
             carry = move_tree(carry, stage.device)
         try:
-            result = stage.run(message, carry)
+            result = forward_local(stage, config, message, carry)
         except Exception as exc:
             raise self._stage_error(exc) from exc
         local = result.result
         if self.outbox is not None:
-            self.outbox.send((result.message, local.carry if local is not None else carry))
+            self.outbox.send(
+                (hand_on(result.message, config), hand_on(local.carry if local is not None else carry, config))
+            )
         if local is None:
             loss = None
         else:
             try:
-                stage.step(local.loss, batch=self.position[1] if self.position is not None else None)
+                backward_local(stage, config, local.loss, batch=batch)
             except Exception as exc:
                 raise self._stage_error(exc) from exc
             loss = local.loss.detach()
@@ -231,10 +250,18 @@ class StageRunner:
             return total, count + 1
         return (loss if total is None else total + loss), count + 1
 
-    def _close_epoch(self, log: StageLog, total: torch.Tensor | None, count: int) -> None:
-        log.epoch_losses.append(None if total is None or count == 0 else float(total) / count)
+    def _close_epoch(self, log: StageLog, total: torch.Tensor | None, count: int, epoch: int) -> None:
+        mean = None if total is None or count == 0 else float(total) / count
+        log.epoch_losses.append(mean)
+        log.epoch_batches.append(count)
         log.batches += count
+        try:
+            end_epoch([self.stage], self.config)  # the last partial group, the per-epoch scheduler
+        except Exception as exc:
+            raise self._stage_error(exc) from exc
         self._forward_kind(Kind.EPOCH_END)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch, log)
 
     def _stop(self, log: StageLog, start: float) -> StageLog:
         self._forward_kind(Kind.STOP)

@@ -13,11 +13,9 @@ checks this at start-up by exchanging :meth:`DecoupledModel.fingerprint`.
 
 from __future__ import annotations
 
-import datetime
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,13 +24,16 @@ import torch.distributed as dist
 
 from ...errors import ConfigError
 from ..batches import unpack_batch
+from ..checkpoints import check_keep
 from ..protocol import StagedModel
 from ..state import load_stage_checkpoint, stage_checkpoint
 from .checkpoints import checkpoint_path
+from .group import check_peers, check_staged, collective, ensure_process_group, parse_device, place
 from .links import Link, LinkError
+from .rank_epochs import RankEpochs
 from .rank_loop import FailureBoard, StageLog, StageRunner, StepRecord, explain_link_error
 
-__all__ = ["StageTrainer", "History", "gather_effective_state_dict", "check_staged", "check_peers"]
+__all__ = ["StageTrainer", "History", "gather_effective_state_dict", "check_staged"]
 
 T = TypeVar("T")
 
@@ -42,12 +43,14 @@ class History:
     """What :meth:`StageTrainer.fit` did, the same on every rank.
 
     ``losses``: ``{"stage{k}": mean local loss per epoch}``; ``batches``: batches each stage
-    trained; ``seconds``: wall time of the slowest rank.
+    trained; ``seconds``: wall time of the slowest rank; ``validation``: rank 0's validation
+    metrics per epoch.
     """
 
     losses: dict[str, list[float]]
     batches: int
     seconds: float
+    validation: list[dict[str, float]] = field(default_factory=list)  # per epoch, when fit(validation=...)
 
     @classmethod
     def from_logs(cls, logs: Iterable[StageLog]) -> History:
@@ -75,10 +78,10 @@ class StageTrainer:
         timeout: float = 600.0,
     ) -> None:
         check_staged(dm)
-        requested = _parse_device(device)
+        requested = parse_device(device)
         devices = [requested] if requested is not None else [s.device for s in dm.stages]
         default_backend = "nccl" if any(d.type == "cuda" for d in devices) else "gloo"
-        self._owns_group = _ensure_process_group(backend or default_backend, timeout)
+        self._owns_group = ensure_process_group(backend or default_backend, timeout)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.dm = dm
@@ -92,7 +95,8 @@ class StageTrainer:
             lambda: check_peers(dm, self.rank, self.world_size), lambda: ("while checking the conversion", None)
         )
         self.stage = dm.stages[self.rank]
-        _place(self.stage, self.device)
+        dm.training_config.check_devices([self.device])
+        place(self.stage, self.device)
         comm = self.device if nccl else torch.device("cpu")
         group = dist.group.WORLD
         self.inbox = Link(group, self.rank - 1, comm) if self.rank > 0 else None  # type: ignore[arg-type]
@@ -105,13 +109,43 @@ class StageTrainer:
         epochs: int = 1,
         *,
         on_step: Callable[[StepRecord], None] | None = None,
+        validation: Iterable[Any] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        keep_checkpoints: int = 2,
     ) -> History:
-        """Train this rank's stage for ``epochs`` passes over ``loader`` (read on rank 0 only).
+        """Train this rank's stage until ``epochs`` passes over ``loader`` (read on rank 0 only).
 
         A batch is a tuple ``(*inputs, target)``; other ranks may pass ``None``. ``on_step`` is
-        called on every rank after each of its batches. Every rank must call ``fit``.
+        called on every rank after each of its batches. Every rank must call ``fit``. The stage
+        trains with the conversion's precision, schedule, clipping, accumulation and compile.
+        ``validation`` (rank 0's loader): after each epoch rank 0 gathers every stage and measures
+        the inference path; ``log_dir``: each rank's CSV (and TensorBoard) logs; ``checkpoint_dir``:
+        each rank's stage after each epoch, atomically, the newest ``keep_checkpoints`` kept;
+        ``resume=True``: every rank continues from the newest epoch all of them saved
+        (``rank_epochs.py``). ``epochs`` counts from the start of training.
         """
-        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)
+        if resume and checkpoint_dir is None:
+            raise ConfigError(
+                "resume=True continues from the newest checkpoint in checkpoint_dir; pass checkpoint_dir="
+            )
+        ends = RankEpochs(self.dm, self.stage, validation=validation, log_dir=log_dir, checkpoint_dir=checkpoint_dir,
+                          keep=check_keep(keep_checkpoints), all_gather=self._all_gather,
+                          load_all_stages=lambda: _load_all_stages(self, 0))  # fmt: skip
+        base = [0]
+
+        def step(record: StepRecord) -> None:
+            ends.step(record, base[0])
+            if on_step is not None:
+                on_step(record)
+
+        def end(epoch: int, log: StageLog) -> None:
+            ends.end(epoch, log)
+            base[0] = self.dm.steps
+
+        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=step,
+                             config=self.dm.training_config, on_epoch_end=end)  # fmt: skip
 
         def run() -> History:  # checks inside: a rank that rejects its arguments stops the others too
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -120,13 +154,18 @@ class StageTrainer:
                 raise ConfigError(
                     "rank 0 reads the data: pass the training loader to fit() on rank 0 (other ranks may pass None)"
                 )
+            first, log = ends.start(resume=resume, epochs=epochs)
+            base[0] = self.dm.steps
             self.dm.train()
             if self.rank == 0:
-                log = runner.run_source(epochs, lambda epoch: self._messages(loader))  # type: ignore[arg-type]
+                run_log = runner.run_source(epochs, lambda epoch: self._messages(loader), first_epoch=first, log=log)  # type: ignore[arg-type]
             else:
-                log = runner.run_follower()
-            self.dm.steps += log.batches
-            return History.from_logs(self._all_gather(log))
+                run_log = runner.run_follower(first_epoch=first, log=log)
+            self.dm.steps = ends.base_steps + run_log.batches
+            history = History.from_logs(self._all_gather(run_log))
+            history.validation = list(ends.metrics)
+            ends.finish(history)
+            return history
 
         def where() -> tuple[str, int | None]:
             if runner.position is None:
@@ -155,7 +194,7 @@ class StageTrainer:
         path = checkpoint_path(directory, self.stage.index)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), path)
-        self._guarded(lambda: _collective(dist.barrier), lambda: ("while saving checkpoints", None))
+        self._guarded(lambda: collective(dist.barrier), lambda: ("while saving checkpoints", None))
         return path
 
     def load(self, directory: str | os.PathLike[str]) -> None:
@@ -173,7 +212,7 @@ class StageTrainer:
 
     def _all_gather(self, value: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size
-        _collective(lambda: dist.all_gather_object(gathered, value))
+        collective(lambda: dist.all_gather_object(gathered, value))
         return gathered
 
     def _guarded(self, fn: Callable[[], T], where: Callable[[], tuple[str, int | None]]) -> T:
@@ -200,97 +239,6 @@ class StageTrainer:
             dist.destroy_process_group()
 
 
-# -- checks ---------------------------------------------------------------------------------
-def check_staged(dm: Any) -> None:
-    """Reject what cannot run one stage per process."""
-    if not isinstance(dm, StagedModel):
-        raise ConfigError(
-            f"StageTrainer takes the DecoupledModel that decouple.convert() returns, got {type(dm).__name__}"
-        )
-    if dm.end_to_end:
-        raise ConfigError(
-            f"method {dm.method!r} trains end to end: its gradient crosses every cut, but between ranks only "
-            "forward messages flow. Use a decoupled method (e.g. method='scl'), or train it in one process with dm.train_step"
-        )
-
-
-def check_peers(dm: StagedModel, rank: int, world_size: int) -> None:
-    """Every rank converted the same model the same way, and there is one rank per stage."""
-    seen: list[Any] = [None] * world_size
-    _collective(lambda: dist.all_gather_object(seen, (dm.fingerprint(), dm.num_stages, dm.method)))
-    by_conversion: dict[tuple[str, int, str], list[int]] = defaultdict(list)
-    for r, ident in enumerate(seen):
-        by_conversion[tuple(ident)].append(r)
-    if len(by_conversion) > 1:
-        listed = "; ".join(
-            f"{_ranks(ranks)}: fingerprint {fp} (method {method!r}, {n} stages)"
-            for (fp, n, method), ranks in by_conversion.items()
-        )
-        raise ConfigError(
-            f"the ranks converted different models ({listed}); call decouple.convert() with the same model, "
-            "method, splits, options and example input shapes on every rank"
-        )
-    if world_size != dm.num_stages:
-        hint = " (data-parallel replicas of a stage are not supported)" if world_size % dm.num_stages == 0 else ""
-        raise ConfigError(
-            f"the model has {dm.num_stages} stages but the process group has {world_size} rank{'s' if world_size != 1 else ''}"
-            f"{hint}; run one rank "
-            f"per stage (torchrun --nproc-per-node {dm.num_stages}, or launch(fn, {dm.num_stages})), or convert "
-            f"into {world_size} stages (e.g. splits={world_size})"
-        )
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
-
-
-def _collective(call: Callable[[], Any]) -> Any:
-    """Run a collective; a failure (a peer gone, or the timeout) becomes a :class:`LinkError`."""
-    try:
-        return call()
-    except RuntimeError as exc:
-        raise LinkError(str(exc), peer=None, sending=False) from exc
-
-
-# -- process group and placement ------------------------------------------------------------
-def _parse_device(device: str | torch.device | None) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be a device name like 'cpu' or 'cuda': {exc}") from exc
-    if parsed.type == "cuda" and parsed.index is None:
-        parsed = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if parsed.type == "cuda" and (not torch.cuda.is_available() or parsed.index >= torch.cuda.device_count()):
-        raise ConfigError(f"device {parsed} is not available on this machine; use device='cpu' (gloo) or a GPU it has")
-    return parsed
-
-
-def _ensure_process_group(backend: str, timeout: float) -> bool:
-    """Initialise the default process group from torchrun's environment; ``True`` if this call did."""
-    if dist.is_initialized():
-        return False
-    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise ConfigError(
-            "no torch.distributed process group: start the script with torchrun (torchrun --nproc-per-node N "
-            "script.py), run it through decouple.distributed.launch(fn, N), or call "
-            f"torch.distributed.init_process_group() first (missing environment variables: {', '.join(missing)})"
-        )
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    return True
-
-
-def _place(stage: Any, device: torch.device) -> None:
-    if stage.device == device:
-        return
-    stage.to(device)
-    stage.device = device
-    if stage.optimizer is not None and stage.optimizer.state:
-        stage.optimizer.load_state_dict(stage.optimizer.state_dict())  # moves its state to the parameters' device
-
-
 # -- whole-model views ----------------------------------------------------------------------
 def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str, torch.Tensor] | None:
     """The trained weights of every stage under the original model's keys, on rank ``dst`` (``None`` elsewhere).
@@ -299,6 +247,13 @@ def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str
     ``dst``, the other stages of ``trainer.dm`` receive the gathered weights too, so
     ``trainer.dm.inference_module()`` works there.
     """
+    if not _load_all_stages(trainer, dst):
+        return None
+    return {k: v.detach().cpu() for k, v in trainer.dm.effective_state_dict().items()}
+
+
+def _load_all_stages(trainer: StageTrainer, dst: int) -> bool:
+    """Every stage's module and head weights into ``trainer.dm`` on rank ``dst`` (every rank calls it); ``True`` there."""
     stage = trainer.stage
     mine = {
         "stage": stage.index,
@@ -309,15 +264,15 @@ def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str
     }
     gathered: list[Any] | None = [None] * trainer.world_size if trainer.rank == dst else None
     trainer._guarded(
-        lambda: _collective(lambda: dist.gather_object(mine, gathered, dst=dst)),
+        lambda: collective(lambda: dist.gather_object(mine, gathered, dst=dst)),
         lambda: ("while gathering weights", None),
     )
     if gathered is None:
-        return None
+        return False
     for part in gathered:
         if part["stage"] != stage.index:
             other = trainer.dm.stages[part["stage"]]
             other.module.load_state_dict(part["module"])
             if other.objective is not None:
                 other.objective.load_state_dict(part["objective"])
-    return {k: v.detach().cpu() for k, v in trainer.dm.effective_state_dict().items()}
+    return True
