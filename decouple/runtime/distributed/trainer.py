@@ -1,19 +1,19 @@
-"""The stage trainer: each stage of a decoupled model on its own rank of torch.distributed.
+"""The stage trainer: each stage of a decoupled model on its own rank of torch.distributed, optionally replicated.
 
     dm = decouple.convert(model, method="scl", splits=[...], example_inputs=...)  # on every rank
     trainer = decouple.distributed.StageTrainer(dm)  # under torchrun, or inside launch()
     trainer.fit(loader, epochs=3)                     # rank 0 reads the data
     weights = decouple.distributed.gather_effective_state_dict(trainer)  # a dict on rank 0
 
-Only forward messages flow (rank ``k`` to ``k + 1``), so every rank ends with the parameters that
-``dm.train_step`` gives in one process. Rank 0 decides the epochs and batches; the other ranks
-follow its stream. Every rank converts the same model with the same arguments; the trainer
-checks this at start-up by exchanging :meth:`DecoupledModel.fingerprint`.
+Only forward messages flow along a pipeline (stage ``k`` to ``k + 1``), so every rank ends with the
+parameters that ``dm.train_step`` gives in one process. With ``R`` replicas the world is an
+``R x S`` mesh (:mod:`.mesh`): rank 0 splits each global batch into ``R`` shards, every replica's
+pipeline trains on its own shard, and each stage averages its gradients over its replicas before
+it steps, so the replicas stay equal and train as one process on the whole batch would.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -29,10 +29,14 @@ from ..batches import unpack_batch
 from ..protocol import StagedModel
 from ..state import load_stage_checkpoint, stage_checkpoint
 from .checkpoints import checkpoint_path
-from .links import Link, LinkError
-from .rank_loop import FailureBoard, StageLog, StageRunner, StepRecord, explain_link_error
+from .failures import FailureBoard, explain_link_error
+from .group import check_peers, check_staged, ensure_process_group, parse_device, place
+from .links import Link, LinkError, collective
+from .mesh import StageMesh, build_mesh, check_world
+from .rank_loop import StageLog, StageRunner, StepRecord
+from .replicas import GradientAverager, broadcast_stage, sync_batch_norm
 
-__all__ = ["StageTrainer", "History", "gather_effective_state_dict", "check_staged", "check_peers"]
+__all__ = ["StageTrainer", "History", "gather_effective_state_dict"]
 
 T = TypeVar("T")
 
@@ -41,8 +45,9 @@ T = TypeVar("T")
 class History:
     """What :meth:`StageTrainer.fit` did, the same on every rank.
 
-    ``losses``: ``{"stage{k}": mean local loss per epoch}``; ``batches``: batches each stage
-    trained; ``seconds``: wall time of the slowest rank.
+    ``losses``: ``{"stage{k}": mean local loss per epoch}`` (over the replicas' shards, which
+    are equal); ``batches``: global batches each stage trained; ``seconds``: wall time of the
+    slowest rank.
     """
 
     losses: dict[str, list[float]]
@@ -51,52 +56,94 @@ class History:
 
     @classmethod
     def from_logs(cls, logs: Iterable[StageLog]) -> History:
-        logs = sorted(logs, key=lambda log: log.stage)
-        losses = {f"stage{log.stage}": [float(v) for v in log.epoch_losses if v is not None] for log in logs}
-        return cls({k: v for k, v in losses.items() if v}, logs[0].batches, max(log.seconds for log in logs))
+        by_stage: dict[int, list[StageLog]] = defaultdict(list)
+        for log in logs:
+            by_stage[log.stage].append(log)
+        losses: dict[str, list[float]] = {}
+        for stage, replicas in sorted(by_stage.items()):
+            epochs = zip(*(log.epoch_losses for log in replicas))
+            means = [sum(v) / len(v) for v in (list(e) for e in epochs) if all(x is not None for x in v)]
+            if means:
+                losses[f"stage{stage}"] = [float(m) for m in means]
+        first = by_stage[min(by_stage)][0]
+        return cls(losses, first.batches, max(log.seconds for group in by_stage.values() for log in group))
 
 
 class StageTrainer:
-    """Trains the stage of ``dm`` whose index is this process's rank.
+    """Trains one stage of ``dm`` (of one replica) on this process: the stage and replica come from the rank.
 
     Uses the default process group, or initialises one from torchrun's environment (NCCL when
     the stage runs on a GPU, else gloo, with ``timeout`` seconds for every wait between ranks).
-    ``device="cuda"`` puts the stage on GPU ``LOCAL_RANK``. The world size must equal
-    ``dm.num_stages``. After a failure the trainer tears the process group down, so that the
-    other ranks stop at once rather than at the timeout.
+    ``device="cuda"`` puts the stage on GPU ``LOCAL_RANK``. The world size must be
+    ``dm.num_stages * replicas`` (``replicas=None``: the world size over the stage count); rank
+    ``r * S + s`` trains stage ``s`` of replica ``r`` (see :mod:`decouple.runtime.distributed.mesh`).
+    ``sync_batchnorm=True`` synchronises batch-norm statistics over a stage's replicas (CUDA
+    stages; otherwise they stay per replica). After a failure the trainer tears the process groups
+    down, so that the other ranks stop at once rather than at the timeout.
     """
 
     def __init__(
         self,
         dm: StagedModel,
         *,
+        replicas: int | None = None,
         device: str | torch.device | None = None,
         backend: str | None = None,
         timeout: float = 600.0,
+        sync_batchnorm: bool = False,
     ) -> None:
         check_staged(dm)
-        requested = _parse_device(device)
+        requested = parse_device(device)
         devices = [requested] if requested is not None else [s.device for s in dm.stages]
         default_backend = "nccl" if any(d.type == "cuda" for d in devices) else "gloo"
-        self._owns_group = _ensure_process_group(backend or default_backend, timeout)
+        self._owns_group = ensure_process_group(backend or default_backend, timeout)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.dm = dm
         self.board = FailureBoard(dist.distributed_c10d._get_default_store(), self.rank)
         self._closed = False
         nccl = dist.get_backend() == "nccl"
-        self.device = requested or (dm.stages[self.rank].device if self.rank < dm.num_stages else torch.device("cpu"))
+        self.replicas = self._guarded(
+            lambda: check_world(self.world_size, dm.num_stages, replicas), lambda: ("while checking the world", None)
+        )
+        self.device = requested or dm.stages[self.rank % dm.num_stages].device
         if nccl:
             torch.cuda.set_device(self.device)
-        self._guarded(
-            lambda: check_peers(dm, self.rank, self.world_size), lambda: ("while checking the conversion", None)
+        self._guarded(lambda: check_peers(dm, self.world_size), lambda: ("while checking the conversion", None))
+        self.mesh: StageMesh = self._guarded(
+            lambda: build_mesh(dm.num_stages, self.replicas, "cuda" if nccl else "cpu"),
+            lambda: ("while building the device mesh", None),
         )
-        self.stage = dm.stages[self.rank]
-        _place(self.stage, self.device)
+        self.stage = dm.stages[self.mesh.stage]
+        place(self.stage, self.device)
         comm = self.device if nccl else torch.device("cpu")
-        group = dist.group.WORLD
-        self.inbox = Link(group, self.rank - 1, comm) if self.rank > 0 else None  # type: ignore[arg-type]
-        self.outbox = Link(group, self.rank + 1, comm) if self.rank < self.world_size - 1 else None  # type: ignore[arg-type]
+        s, r, last = self.mesh.stage, self.mesh.replica, dm.num_stages - 1
+        self.inbox = Link(self.mesh.pipeline, s - 1, comm) if s > 0 else None
+        self.outbox = Link(self.mesh.pipeline, s + 1, comm) if s < last else None
+        world = dist.group.WORLD
+        assert world is not None
+        if s == 0 and r > 0:  # this replica's data come from rank 0, which reads the loader
+            self.inbox = Link(world, 0, comm)
+        self.shards = (
+            [Link(world, self.mesh.global_rank(q, 0), comm) for q in range(1, self.replicas)] if self.rank == 0 else []
+        )
+        self.averager: GradientAverager | None = None
+        if self.replicas > 1:
+            self._guarded(lambda: self._join_replicas(sync_batchnorm), lambda: ("while starting the replicas", None))
+        elif sync_batchnorm:
+            raise ConfigError(
+                "sync_batchnorm=True synchronises a stage's replicas, but this run has one replica per stage"
+            )
+
+    def _join_replicas(self, sync_batchnorm: bool) -> None:
+        """Start every replica of this stage from replica 0's weights, and average gradients from now on."""
+        group = self.mesh.replica_group
+        if sync_batchnorm:
+            sync_batch_norm(self.stage, group)
+        broadcast_stage(self.stage, group, src=self.mesh.global_rank(0, self.mesh.stage))
+        if self.stage.objective is not None:
+            self.stage.objective.attach_replicas(group, self.replicas)
+        self.averager = GradientAverager(list(self.stage.parameters()), group, self.replicas)
 
     # -- training ---------------------------------------------------------------------------
     def fit(
@@ -108,10 +155,15 @@ class StageTrainer:
     ) -> History:
         """Train this rank's stage for ``epochs`` passes over ``loader`` (read on rank 0 only).
 
-        A batch is a tuple ``(*inputs, target)``; other ranks may pass ``None``. ``on_step`` is
-        called on every rank after each of its batches. Every rank must call ``fit``.
+        A batch is ``(*inputs, target)`` or a dict of keyword inputs with the target under
+        ``"target"`` (``decouple.runtime.batches``); other ranks may pass ``None``. With replicas,
+        every batch must split into equal shards (a batch size the replica count divides).
+        ``on_step`` is called on every rank after each of its batches. Every rank must call ``fit``.
         """
-        runner = StageRunner(self.stage, inbox=self.inbox, outbox=self.outbox, on_step=on_step)
+        runner = StageRunner(
+            self.stage, inbox=self.inbox, outbox=self.outbox, shards=self.shards, averager=self.averager,
+            replica=self.mesh.replica, on_step=on_step,
+        )  # fmt: skip
 
         def run() -> History:  # checks inside: a rank that rejects its arguments stops the others too
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -122,7 +174,8 @@ class StageTrainer:
                 )
             self.dm.train()
             if self.rank == 0:
-                log = runner.run_source(epochs, lambda epoch: self._messages(loader))  # type: ignore[arg-type]
+                assert loader is not None
+                log = runner.run_source(epochs, lambda epoch: self._messages(loader))
             else:
                 log = runner.run_follower()
             self.dm.steps += log.batches
@@ -143,7 +196,10 @@ class StageTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """This rank's training state: its stage module, objective and optimizer, and the step count."""
+        """This rank's training state: its stage module, objective and optimizer, and the step count.
+
+        The replicas of a stage hold the same state, so it does not depend on the replica count.
+        """
         return stage_checkpoint(self.dm, self.stage)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,15 +207,18 @@ class StageTrainer:
         load_stage_checkpoint(self.dm, self.stage, state)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write this rank's checkpoint to ``directory/stage{k}.pt``; every rank calls it (it ends with a barrier)."""
+        """Write ``directory/stage{k}.pt`` (replica 0 of each stage writes); every rank calls it (it ends with a barrier)."""
         path = checkpoint_path(directory, self.stage.index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), path)
-        self._guarded(lambda: _collective(dist.barrier), lambda: ("while saving checkpoints", None))
+        if self.mesh.replica == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous file whole
+        self._guarded(lambda: collective(dist.barrier), lambda: ("while saving checkpoints", None))
         return path
 
     def load(self, directory: str | os.PathLike[str]) -> None:
-        """Restore this rank's stage from ``directory/stage{k}.pt``."""
+        """Restore this rank's stage from ``directory/stage{k}.pt`` (written with any replica count)."""
         self.load_state_dict(
             torch.load(checkpoint_path(directory, self.stage.index), map_location=self.device, weights_only=True)
         )
@@ -173,11 +232,11 @@ class StageTrainer:
 
     def _all_gather(self, value: Any) -> list[Any]:
         gathered: list[Any] = [None] * self.world_size
-        _collective(lambda: dist.all_gather_object(gathered, value))
+        collective(lambda: dist.all_gather_object(gathered, value))
         return gathered
 
     def _guarded(self, fn: Callable[[], T], where: Callable[[], tuple[str, int | None]]) -> T:
-        """Run ``fn``; on any failure report it on the board and tear the process group down."""
+        """Run ``fn``; on any failure report it on the board and tear the process groups down."""
         if self._closed:
             raise ConfigError(
                 "this trainer's process group is closed (after a failure, or by close()); start a new run"
@@ -200,108 +259,17 @@ class StageTrainer:
             dist.destroy_process_group()
 
 
-# -- checks ---------------------------------------------------------------------------------
-def check_staged(dm: Any) -> None:
-    """Reject what cannot run one stage per process."""
-    if not isinstance(dm, StagedModel):
-        raise ConfigError(
-            f"StageTrainer takes the DecoupledModel that decouple.convert() returns, got {type(dm).__name__}"
-        )
-    if dm.end_to_end:
-        raise ConfigError(
-            f"method {dm.method!r} trains end to end: its gradient crosses every cut, but between ranks only "
-            "forward messages flow. Use a decoupled method (e.g. method='scl'), or train it in one process with dm.train_step"
-        )
-
-
-def check_peers(dm: StagedModel, rank: int, world_size: int) -> None:
-    """Every rank converted the same model the same way, and there is one rank per stage."""
-    seen: list[Any] = [None] * world_size
-    _collective(lambda: dist.all_gather_object(seen, (dm.fingerprint(), dm.num_stages, dm.method)))
-    by_conversion: dict[tuple[str, int, str], list[int]] = defaultdict(list)
-    for r, ident in enumerate(seen):
-        by_conversion[tuple(ident)].append(r)
-    if len(by_conversion) > 1:
-        listed = "; ".join(
-            f"{_ranks(ranks)}: fingerprint {fp} (method {method!r}, {n} stages)"
-            for (fp, n, method), ranks in by_conversion.items()
-        )
-        raise ConfigError(
-            f"the ranks converted different models ({listed}); call decouple.convert() with the same model, "
-            "method, splits, options and example input shapes on every rank"
-        )
-    if world_size != dm.num_stages:
-        hint = " (data-parallel replicas of a stage are not supported)" if world_size % dm.num_stages == 0 else ""
-        raise ConfigError(
-            f"the model has {dm.num_stages} stages but the process group has {world_size} rank{'s' if world_size != 1 else ''}"
-            f"{hint}; run one rank "
-            f"per stage (torchrun --nproc-per-node {dm.num_stages}, or launch(fn, {dm.num_stages})), or convert "
-            f"into {world_size} stages (e.g. splits={world_size})"
-        )
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
-
-
-def _collective(call: Callable[[], Any]) -> Any:
-    """Run a collective; a failure (a peer gone, or the timeout) becomes a :class:`LinkError`."""
-    try:
-        return call()
-    except RuntimeError as exc:
-        raise LinkError(str(exc), peer=None, sending=False) from exc
-
-
-# -- process group and placement ------------------------------------------------------------
-def _parse_device(device: str | torch.device | None) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be a device name like 'cpu' or 'cuda': {exc}") from exc
-    if parsed.type == "cuda" and parsed.index is None:
-        parsed = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if parsed.type == "cuda" and (not torch.cuda.is_available() or parsed.index >= torch.cuda.device_count()):
-        raise ConfigError(f"device {parsed} is not available on this machine; use device='cpu' (gloo) or a GPU it has")
-    return parsed
-
-
-def _ensure_process_group(backend: str, timeout: float) -> bool:
-    """Initialise the default process group from torchrun's environment; ``True`` if this call did."""
-    if dist.is_initialized():
-        return False
-    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise ConfigError(
-            "no torch.distributed process group: start the script with torchrun (torchrun --nproc-per-node N "
-            "script.py), run it through decouple.distributed.launch(fn, N), or call "
-            f"torch.distributed.init_process_group() first (missing environment variables: {', '.join(missing)})"
-        )
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    return True
-
-
-def _place(stage: Any, device: torch.device) -> None:
-    if stage.device == device:
-        return
-    stage.to(device)
-    stage.device = device
-    if stage.optimizer is not None and stage.optimizer.state:
-        stage.optimizer.load_state_dict(stage.optimizer.state_dict())  # moves its state to the parameters' device
-
-
-# -- whole-model views ----------------------------------------------------------------------
 def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str, torch.Tensor] | None:
     """The trained weights of every stage under the original model's keys, on rank ``dst`` (``None`` elsewhere).
 
     Loads into the original model class with ``strict=True``. Every rank must call it. On
-    ``dst``, the other stages of ``trainer.dm`` receive the gathered weights too, so
+    ``dst``, the other stages of ``trainer.dm`` receive the gathered weights (replica 0's) too, so
     ``trainer.dm.inference_module()`` works there.
     """
     stage = trainer.stage
     mine = {
         "stage": stage.index,
+        "replica": trainer.mesh.replica,
         "module": {k: v.detach().cpu() for k, v in stage.module.state_dict().items()},
         "objective": {k: v.detach().cpu() for k, v in stage.objective.state_dict().items()}
         if stage.objective is not None
@@ -309,13 +277,13 @@ def gather_effective_state_dict(trainer: StageTrainer, dst: int = 0) -> dict[str
     }
     gathered: list[Any] | None = [None] * trainer.world_size if trainer.rank == dst else None
     trainer._guarded(
-        lambda: _collective(lambda: dist.gather_object(mine, gathered, dst=dst)),
+        lambda: collective(lambda: dist.gather_object(mine, gathered, dst=dst)),
         lambda: ("while gathering weights", None),
     )
     if gathered is None:
         return None
     for part in gathered:
-        if part["stage"] != stage.index:
+        if part["replica"] == 0 and part["stage"] != stage.index:
             other = trainer.dm.stages[part["stage"]]
             other.module.load_state_dict(part["module"])
             if other.objective is not None:
