@@ -2,10 +2,14 @@
 
     torchrun --nproc-per-node 2 examples/train_distributed.py      # one stage per rank, gloo on CPU
     python examples/train_distributed.py --nprocs 2                 # the same, without torchrun
+    python examples/train_distributed.py --nprocs 4 --replicas 2    # 2 stages x 2 data-parallel replicas
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 examples/train_distributed.py \
+        --replicas 4 --device cuda                                  # 4 stages x 4 replicas on 16 GPUs
 
-Every rank converts the model the same way (splits=<world size>, balanced by FLOPs) and trains
-its own stage; rank 0 reads the data, and each rank hands its detached activations and the
-labels to the next one. At the end every rank writes its checkpoint to --checkpoint, and rank 0
+Every rank converts the model the same way (splits=<world size / replicas>, balanced by FLOPs) and
+trains its own stage of its own replica; rank 0 reads the data and hands each replica its shard of
+every batch, and each rank hands its detached activations and the labels to the next stage of its
+replica, averaging its gradients with the other replicas of its stage. At the end every rank writes its checkpoint to --checkpoint, and rank 0
 gathers the trained weights into SmallCNN and evaluates it on the test split.
 """
 
@@ -58,18 +62,22 @@ def train(args: argparse.Namespace) -> None:
     """What every rank runs."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     world = int(os.environ["WORLD_SIZE"])
+    stages = world // args.replicas
     model = SmallCNN()
-    dm = decouple.convert(model, method=args.method, splits=world, example_inputs=(torch.randn(2, 1, 28, 28),),
+    dm = decouple.convert(model, method=args.method, splits=stages, example_inputs=(torch.randn(2, 1, 28, 28),),
                           precision=args.precision, compile=args.compile)  # fmt: skip
-    trainer = StageTrainer(dm, device=args.device)
-    last = trainer.rank == world - 1
+    trainer = StageTrainer(dm, replicas=args.replicas, device=args.device)
+    last = trainer.rank == stages - 1  # replica 0's last stage reports progress
     train_loader, test_loader = (
-        mnist_loaders(batch_size=args.batch_size, train_limit=args.train_limit, seed=args.seed)
+        mnist_loaders(
+            batch_size=args.batch_size, train_limit=args.train_limit, seed=args.seed, drop_last=args.replicas > 1
+        )
         if trainer.rank == 0
         else (None, None)
     )
     print(
-        f"rank {trainer.rank}/{world}: stage {trainer.stage.index} holds {', '.join(dm.param_counts().stages[trainer.rank].modules)}",
+        f"rank {trainer.rank}/{world}: stage {trainer.stage.index} of replica {trainer.mesh.replica} holds "
+        f"{', '.join(dm.param_counts().stages[trainer.stage.index].modules)}",
         flush=True,
     )
 
@@ -79,7 +87,9 @@ def train(args: argparse.Namespace) -> None:
     if trainer.rank == 0:
         for stage, losses in history.losses.items():
             print(f"{stage}: mean local loss per epoch {', '.join(f'{v:.3f}' for v in losses)}")
-        print(f"{history.batches} batches per stage in {history.seconds:.1f}s; checkpoints in {args.checkpoint}/")
+        print(
+            f"{history.batches} global batches per stage in {history.seconds:.1f}s; checkpoints in {args.checkpoint}/"
+        )
         model.load_state_dict(weights)  # the trained weights, back in SmallCNN
         print(f"test accuracy of SmallCNN with the trained weights: {accuracy(model.eval(), test_loader):.4f}")
     trainer.close()
@@ -88,6 +98,9 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nprocs", type=int, default=None, help="start this many local ranks (without torchrun)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="data-parallel replicas of every stage (world size / stages)"
+    )
     parser.add_argument("--method", default="scl", choices=sorted(m for m in decouple.METHODS if m != "bp"))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)

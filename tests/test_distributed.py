@@ -255,12 +255,18 @@ def single_rank_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def test_world_size_must_equal_the_number_of_stages(single_rank_world: None) -> None:
-    with pytest.raises(
-        decouple.ConfigError,
-        match=r"the model has 2 stages but the process group has 1 rank; run one rank per stage \(torchrun --nproc-per-node 2.*splits=1",
-    ):
-        StageTrainer(mlp_dm())
+@pytest.mark.parametrize(
+    "replicas, message",
+    [
+        (None, r"the model has 2 stages but the process group has 1 rank; the world size must be a multiple of 2.*"
+         r"torchrun --nproc-per-node 2 or launch\(fn, 2\)$"),
+        (3, r"must be 2 stages x 3 replicas = 6.*--nproc-per-node 6"),
+        (0, r"replicas must be a positive int.*got 0"),
+    ],
+)  # fmt: skip
+def test_world_size_must_be_stages_times_replicas(single_rank_world: None, replicas: int | None, message: str) -> None:
+    with pytest.raises(decouple.ConfigError, match=message):
+        StageTrainer(mlp_dm(), replicas=replicas)
 
 
 def test_end_to_end_backprop_cannot_run_one_stage_per_process() -> None:

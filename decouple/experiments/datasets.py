@@ -126,12 +126,15 @@ def mnist_loaders(
     test_limit: int | None = None,
     seed: int = 0,
     normalize: bool = True,
+    drop_last: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders of ``(x, y)`` batches over the shipped MNIST subset.
 
     The training loader reshuffles every epoch from a ``torch.Generator`` seeded by ``seed`` (same
     seed, same order); the test loader keeps the file order. ``normalize`` standardises the pixels
-    with the usual MNIST mean and std (0.1307, 0.3081); ``*_limit`` keeps the first N samples.
+    with the usual MNIST mean and std (0.1307, 0.3081); ``*_limit`` keeps the first N samples;
+    ``drop_last`` drops a last training batch smaller than ``batch_size`` (data-parallel replicas
+    need every batch to split into equal shards).
     """
     _check_positive("batch_size", batch_size)
     x_train, y_train = _take(*load_mnist("train"), train_limit, "train_limit")
@@ -140,7 +143,11 @@ def mnist_loaders(
         x_train = (x_train - MNIST_MEAN) / MNIST_STD
         x_test = (x_test - MNIST_MEAN) / MNIST_STD
     train = DataLoader(
-        TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True, generator=_seeded_generator(seed)
+        TensorDataset(x_train, y_train),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=_seeded_generator(seed),
+        drop_last=drop_last,
     )
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=batch_size, shuffle=False)
     return train, test

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 __all__ = ["LocalResult", "LocalObjective", "pooled"]
@@ -34,6 +35,14 @@ class LocalObjective(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
         """Compute the stage's local loss from its representation and the carried target."""
+
+    def attach_replicas(self, group: dist.ProcessGroup, replicas: int) -> None:
+        """Called once when the stage trains as one of ``replicas`` data-parallel copies whose gradients are averaged.
+
+        The stage sees ``1 / replicas`` of every global batch. An objective whose loss couples the
+        samples of a batch (contrastive losses) may gather across ``group`` here; by default the
+        loss stays per shard.
+        """
 
 
 def pooled(pool: nn.Module, representation: Any, extras: dict[str, Any]) -> torch.Tensor:

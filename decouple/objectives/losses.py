@@ -37,6 +37,7 @@ def supcon_loss(
     *,
     variant: SupConVariant = "paper",
     reduction: Literal["mean", "sum"] = "mean",
+    anchors: slice | None = None,
 ) -> torch.Tensor:
     """Supervised contrastive loss of L2-normalised embeddings ``z`` (N, D) with class ``labels`` (N,).
 
@@ -48,7 +49,9 @@ def supcon_loss(
     by ``|P(i)| + 1`` as the authors' released code does (its mask counts the anchor itself).
     An anchor with no positive in the batch contributes zero, never NaN. ``reduction="sum"`` is
     eq. 2 literally; ``"mean"`` (default, as both released codes) divides by the batch size, which
-    keeps the loss scale independent of the batch size.
+    keeps the loss scale independent of the batch size. ``anchors`` (a slice of rows) limits the
+    anchors to those rows, each still contrasted with every sample (a data-parallel replica's share
+    of a global batch); the reduction runs over those anchors.
     """
     if z.dim() != 2:
         raise ValueError(f"supcon_loss expects embeddings of shape (N, D), got {tuple(z.shape)}")
@@ -58,11 +61,17 @@ def supcon_loss(
         raise TargetError(f"supcon_loss got {n} embeddings but {labels.shape[0]} labels")
     if n < 2:
         return z.sum() * 0.0  # no pair to contrast: a zero that keeps the graph connected
-    logits = (z @ z.T) / temperature  # (N, N)
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    if anchors is None:
+        rows, row_labels = z, labels
+        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    else:
+        rows, row_labels = z[anchors], labels[anchors]
+        index = torch.arange(n, device=z.device)[anchors]
+        self_mask = index[:, None] == torch.arange(n, device=z.device)[None, :]  # (A, N)
+    logits = (rows @ z.T) / temperature  # (A, N): every anchor against every sample
     log_denominator = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
-    log_prob = logits - log_denominator  # (N, N)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    log_prob = logits - log_denominator  # (A, N)
+    positives = (row_labels[:, None] == labels[None, :]) & ~self_mask
     num_pos = positives.sum(dim=1)
     summed = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
     normaliser = (num_pos + 1 if variant == "released" else num_pos).clamp(min=1).to(summed.dtype)

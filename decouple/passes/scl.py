@@ -36,6 +36,9 @@ class SupConOptions(PoolOptions):
     head_dims: hidden and output sizes of the MLP head ((512, 1024), the SCPL appendix).
     supcon_variant: "paper" (eq. 2: divide by |P(i)|) or "released" (the authors' code: |P(i)| + 1).
     supcon_reduction: "mean" over anchors (default, as the released code) or "sum" (eq. 2 literally).
+    contrast: with data-parallel replicas (``StageTrainer(dm, replicas=R)``), "local" contrasts each
+    anchor with its replica's shard; "global" gathers every replica's projections so each anchor meets
+    the whole global batch (R replicas then train exactly as one process on that batch).
     """
 
     temperature: float = 0.1
@@ -43,6 +46,7 @@ class SupConOptions(PoolOptions):
     head_dims: tuple[int, ...] = (512, 1024)
     supcon_variant: str = "paper"
     supcon_reduction: str = "mean"
+    contrast: str = "local"
 
     def __post_init__(self) -> None:
         if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
@@ -51,6 +55,10 @@ class SupConOptions(PoolOptions):
             raise ConfigError(f"supcon_variant must be 'paper' or 'released', got {self.supcon_variant!r}")
         if self.supcon_reduction not in ("mean", "sum"):
             raise ConfigError(f"supcon_reduction must be 'mean' or 'sum', got {self.supcon_reduction!r}")
+        if self.contrast not in ("local", "global"):
+            raise ConfigError(
+                f"contrast must be 'local' (each replica's shard) or 'global' (the whole batch), got {self.contrast!r}"
+            )
 
 
 def attach_supcon(program: Program, options: Any) -> None:
@@ -66,6 +74,7 @@ def attach_supcon(program: Program, options: Any) -> None:
             variant=options.supcon_variant,
             reduction=options.supcon_reduction,
             num_classes=classes,
+            contrast=options.contrast,
         )
 
 

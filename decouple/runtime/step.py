@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -28,6 +28,7 @@ from .config import TrainingConfig
 
 __all__ = [
     "Phase",
+    "GroupSync",
     "autocast",
     "forward_local",
     "backward_local",
@@ -41,6 +42,16 @@ __all__ = [
 
 #: ``phase(name)``: a context manager around each part of the step (the pipeline records a timeline)
 Phase = Callable[[str], AbstractContextManager[Any]]
+
+
+class GroupSync(Protocol):
+    """What data-parallel replicas of a stage do before each optimizer step (``runtime/distributed/replicas.py``)."""
+
+    def note_nonfinite(self) -> None:
+        """This replica skipped a non-finite loss in the current group."""
+
+    def __call__(self, stage: Stage) -> bool:
+        """Average the stage's gradients over its replicas; ``False``: a replica saw a non-finite loss, skip the step."""
 
 
 def _no_phase(name: str) -> AbstractContextManager[Any]:
@@ -99,13 +110,27 @@ def _backward(loss: torch.Tensor, config: TrainingConfig, scaler: torch.amp.Grad
 
 
 def backward_local(
-    stage: Stage, config: TrainingConfig, loss: torch.Tensor, *, batch: int | None = None, phase: Phase = _no_phase
+    stage: Stage,
+    config: TrainingConfig,
+    loss: torch.Tensor,
+    *,
+    batch: int | None = None,
+    phase: Phase = _no_phase,
+    sync: GroupSync | None = None,
 ) -> bool:
-    """Backpropagate one batch's local loss; step when it completes a group. Returns whether the stage stepped."""
+    """Backpropagate one batch's local loss; step when it completes a group. Returns whether the stage stepped.
+
+    With ``sync`` (data-parallel replicas) every replica reaches the step of every group, so their
+    collectives meet: a replica that skips a non-finite loss tells ``sync``, and the group's step is
+    then skipped on every replica alike.
+    """
     _open_group(stage)
     finite = check_finite(stage, loss, batch=batch)
-    if not finite and config.accumulate == 1:
-        return False  # the skipped batch leaves the stage as it was
+    if not finite:
+        if sync is not None:
+            sync.note_nonfinite()
+        elif config.accumulate == 1:
+            return False  # the skipped batch leaves the stage as it was
     if finite:
         with phase("backward"):
             _backward(loss, config, stage.scaler)
@@ -113,7 +138,7 @@ def backward_local(
     if stage.accumulated < config.accumulate:
         return False
     with phase("step"):
-        return optimizer_step(stage, config)
+        return optimizer_step(stage, config, sync=sync)
 
 
 def backward_end_to_end(
@@ -144,7 +169,12 @@ def _step_end_to_end(stages: Sequence[Stage], config: TrainingConfig) -> bool:
 
 
 def optimizer_step(
-    stage: Stage, config: TrainingConfig, *, scaler: torch.amp.GradScaler | None = None, update_scaler: bool = True
+    stage: Stage,
+    config: TrainingConfig,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    update_scaler: bool = True,
+    sync: GroupSync | None = None,
 ) -> bool:
     """Step the stage on the gradients summed since its last step: unscale, clip, step, scheduler.
 
@@ -153,6 +183,8 @@ def optimizer_step(
     the group left a gradient).
     """
     held, stage.accumulated = stage.accumulated, 0
+    if sync is not None and held > 0 and not sync(stage):
+        return False  # a replica saw a non-finite loss in this group: none of them steps
     optimizer = stage.optimizer
     if optimizer is None or held == 0:
         return False
@@ -180,7 +212,9 @@ def optimizer_step(
     return True
 
 
-def end_epoch(stages: Sequence[Stage], config: TrainingConfig, *, end_to_end: bool = False) -> None:
+def end_epoch(
+    stages: Sequence[Stage], config: TrainingConfig, *, end_to_end: bool = False, sync: GroupSync | None = None
+) -> None:
     """The end of an epoch: step every stage's partial group, then the per-epoch schedulers."""
     if end_to_end:
         if stages and stages[-1].accumulated:
@@ -188,7 +222,7 @@ def end_epoch(stages: Sequence[Stage], config: TrainingConfig, *, end_to_end: bo
     else:
         for stage in stages:
             if stage.accumulated:
-                optimizer_step(stage, config)
+                optimizer_step(stage, config, sync=sync)
     if config.scheduler_interval == "epoch":
         for stage in stages:
             if stage.scheduler is not None:

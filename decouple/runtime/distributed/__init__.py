@@ -1,9 +1,11 @@
 """One stage per rank of torch.distributed: only forward messages flow between ranks.
 
-``trainer.py`` (:class:`StageTrainer`), ``rank_loop.py`` (one rank's loop and the failure board),
-``links.py`` (point-to-point messages), ``launch.py`` (local ranks without torchrun),
-``checkpoints.py`` (per-rank files), ``processes.py`` (:func:`fit_processes`). The public names
-are also reachable as ``decouple.distributed``.
+``trainer.py`` (:class:`StageTrainer`), ``mesh.py`` (ranks as replicas x stages),
+``replicas.py`` (shards, gradient averaging), ``rank_loop.py`` (one rank's loop), ``failures.py``
+(the failure board), ``group.py`` (process group, checks, placement), ``links.py``
+(point-to-point messages), ``launch.py`` (local ranks without torchrun), ``checkpoints.py``
+(per-rank files), ``processes.py`` (:func:`fit_processes`). The public names are also reachable
+as ``decouple.distributed``.
 """
 
 from .checkpoints import checkpoint_path, merge_checkpoints

@@ -1,9 +1,7 @@
-"""What a rank needs before it trains: the process group, checks that every rank converted the same model, placement.
+"""The process group a trainer runs in: starting it from torchrun's environment, checking the ranks agree, placing the stage.
 
-``check_staged`` rejects what cannot run one stage per process; ``check_peers`` compares every
-rank's conversion fingerprint and the world size with the number of stages; ``ensure_process_group``
-starts the default group from torchrun's environment; ``collective`` turns a failed collective into
-a :class:`~.links.LinkError` so the failure board explains it.
+Every rank converts the same model with the same arguments; :func:`check_peers` verifies this at
+start-up by exchanging :meth:`~decouple.runtime.protocol.StagedModel.fingerprint`.
 """
 
 from __future__ import annotations
@@ -11,20 +9,19 @@ from __future__ import annotations
 import datetime
 import os
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ...codegen.stage import Stage
 from ...errors import ConfigError
 from ..protocol import StagedModel
-from .links import LinkError
+from .links import collective
 
-__all__ = ["check_staged", "check_peers", "collective", "parse_device", "ensure_process_group", "place"]
+__all__ = ["check_staged", "check_peers", "parse_device", "ensure_process_group", "place"]
 
 
-# -- checks ---------------------------------------------------------------------------------
 def check_staged(dm: Any) -> None:
     """Reject what cannot run one stage per process."""
     if not isinstance(dm, StagedModel):
@@ -38,8 +35,8 @@ def check_staged(dm: Any) -> None:
         )
 
 
-def check_peers(dm: StagedModel, rank: int, world_size: int) -> None:
-    """Every rank converted the same model the same way, and there is one rank per stage."""
+def check_peers(dm: StagedModel, world_size: int) -> None:
+    """Every rank converted the same model the same way (a collective: every rank calls it)."""
     seen: list[Any] = [None] * world_size
     collective(lambda: dist.all_gather_object(seen, (dm.fingerprint(), dm.num_stages, dm.method)))
     by_conversion: dict[tuple[str, int, str], list[int]] = defaultdict(list)
@@ -54,30 +51,14 @@ def check_peers(dm: StagedModel, rank: int, world_size: int) -> None:
             f"the ranks converted different models ({listed}); call decouple.convert() with the same model, "
             "method, splits, options and example input shapes on every rank"
         )
-    if world_size != dm.num_stages:
-        hint = " (data-parallel replicas of a stage are not supported)" if world_size % dm.num_stages == 0 else ""
-        raise ConfigError(
-            f"the model has {dm.num_stages} stages but the process group has {world_size} rank{'s' if world_size != 1 else ''}"
-            f"{hint}; run one rank "
-            f"per stage (torchrun --nproc-per-node {dm.num_stages}, or launch(fn, {dm.num_stages})), or convert "
-            f"into {world_size} stages (e.g. splits={world_size})"
-        )
 
 
 def _ranks(ranks: list[int]) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
 
 
-def collective(call: Callable[[], Any]) -> Any:
-    """Run a collective; a failure (a peer gone, or the timeout) becomes a :class:`LinkError`."""
-    try:
-        return call()
-    except RuntimeError as exc:
-        raise LinkError(str(exc), peer=None, sending=False) from exc
-
-
-# -- process group and placement ------------------------------------------------------------
 def parse_device(device: str | torch.device | None) -> torch.device | None:
+    """The device a rank's stage runs on (``"cuda"`` means GPU ``LOCAL_RANK``), checked to exist here."""
     if device is None:
         return None
     try:
@@ -86,7 +67,7 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
         raise ConfigError(f"device must be a device name like 'cpu' or 'cuda': {exc}") from exc
     if parsed.type == "cuda" and parsed.index is None:
         parsed = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if parsed.type == "cuda" and (not torch.cuda.is_available() or parsed.index >= torch.cuda.device_count()):
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(f"device {parsed} is not available on this machine; use device='cpu' (gloo) or a GPU it has")
     return parsed
 
@@ -106,7 +87,8 @@ def ensure_process_group(backend: str, timeout: float) -> bool:
     return True
 
 
-def place(stage: Any, device: torch.device) -> None:
+def place(stage: Stage, device: torch.device) -> None:
+    """Move a stage (module, objective, optimizer state) to ``device``."""
     if stage.device == device:
         return
     stage.to(device)

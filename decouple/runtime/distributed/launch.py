@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ...errors import ConfigError, LaunchError, RankFailedError
-from .rank_loop import FailureBoard
+from .failures import FailureBoard
 
 __all__ = ["launch", "default_threads"]
 

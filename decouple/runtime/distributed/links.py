@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.utils._pytree as pytree
 
-__all__ = ["Kind", "Header", "Link", "LinkError", "encode_header", "decode_header"]
+__all__ = ["Kind", "Header", "Link", "LinkError", "collective", "encode_header", "decode_header"]
 
 
 class Kind(enum.IntEnum):
@@ -41,6 +42,14 @@ class LinkError(RuntimeError):
         super().__init__(message)
         self.peer = peer
         self.sending = sending
+
+
+def collective(call: Callable[[], Any]) -> Any:
+    """Run a collective; a failure (a peer gone, or the timeout) becomes a :class:`LinkError`."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        raise LinkError(str(exc), peer=None, sending=False) from exc
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Multi-process training from one process: pickle the model and loader to one spawned rank per stage.
+"""Multi-process training from one process: pickle the model and loader to one spawned rank per stage (and replica).
 
 The way past the GIL without a launcher: :func:`fit_processes` returns after every rank has
 trained, with the merged state loaded back into the caller's model.
@@ -17,9 +17,10 @@ from ...frontend.trace import Trace
 from ..config import TrainingConfig
 from ..protocol import StagedModel
 from ..state import load_model_state, merge_stage_checkpoints
+from .group import check_staged
 from .launch import launch
 from .rank_loop import StepRecord
-from .trainer import History, StageTrainer, check_staged
+from .trainer import History, StageTrainer
 
 __all__ = ["fit_processes"]
 
@@ -59,36 +60,43 @@ def fit_processes(
     loader: Iterable[Any],
     epochs: int = 1,
     *,
+    replicas: int = 1,
     threads: int | None = None,
     timeout: float = 600.0,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> History:
-    """Train ``dm`` with one process per stage on this machine, then load the trained state into ``dm``.
+    """Train ``dm`` with one process per stage (per replica) on this machine, then load the trained state into ``dm``.
 
     The way past the GIL without a launcher: the result equals ``dm.train_step`` over the same
-    batches. The model and ``loader`` are pickled to the processes (rank 0 reads a copy of
-    the loader: its random state does not advance here); ``on_step`` must be a module-level
-    function. ``threads``: intra-op threads per process (default: the cores shared out). CPU
-    stages only; for GPUs use :func:`launch` with a function that builds the model, or torchrun.
+    batches (with ``replicas=R``, ``R`` copies of every stage each train on ``1 / R`` of each
+    batch and average their gradients). The model and ``loader`` are pickled to the processes
+    (rank 0 reads a copy of the loader: its random state does not advance here); ``on_step`` must
+    be a module-level function. ``threads``: intra-op threads per process (default: the cores
+    shared out). CPU stages only; for GPUs use :func:`launch` with a function that builds the
+    model, or torchrun.
     """
     check_staged(dm)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ConfigError(f"replicas must be a positive int, got {replicas!r}")
     if any(s.device.type != "cpu" for s in dm.stages):
         raise ConfigError(
             "fit_processes runs CPU stages; train GPU stages with launch(fn, nprocs) where fn builds the model "
             "and calls StageTrainer(dm, device='cuda'), or with torchrun"
         )
     model, data = _pickled(dm, "the model"), _pickled(loader, "the loader")
-    results = launch(_fit_rank, dm.num_stages, model, data, epochs, on_step, threads=threads, timeout=timeout)
-    load_model_state(dm, merge_stage_checkpoints([state for _, state in results], where="the ranks' states"))
+    nprocs = dm.num_stages * replicas
+    results = launch(_fit_rank, nprocs, model, data, epochs, replicas, on_step, threads=threads, timeout=timeout)
+    replica0 = [state for _, state in results[: dm.num_stages]]  # ranks 0 .. S - 1: replica 0's pipeline
+    load_model_state(dm, merge_stage_checkpoints(replica0, where="the ranks' states"))
     return results[0][0]
 
 
 def _fit_rank(
-    model: bytes, data: bytes, epochs: int, on_step: Callable[[StepRecord], None] | None
+    model: bytes, data: bytes, epochs: int, replicas: int, on_step: Callable[[StepRecord], None] | None
 ) -> tuple[History, dict[str, Any]]:
-    trainer = StageTrainer(pickle.loads(model))
+    trainer = StageTrainer(pickle.loads(model), replicas=replicas)
     loader = pickle.loads(data) if trainer.rank == 0 else None
     history = trainer.fit(loader, epochs, on_step=on_step)
     return history, trainer.state_dict()

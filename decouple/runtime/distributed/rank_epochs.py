@@ -13,7 +13,9 @@ validation metrics appear in every rank's rows. Checkpoints: each rank writes
 ``epoch{e}.stage{k}.pt`` atomically (its stage's state, the epoch, its history and its random
 generators) and keeps the newest ``keep``. Resuming, the ranks take the newest epoch that every
 rank can read (its own stage file, or a whole-model ``epoch{e}.pt`` written by single-process
-``fit``), so a distributed run resumes in one process and back.
+``fit``), so a distributed run resumes in one process and back. With data-parallel replicas, replica
+0 of each stage logs and writes (the replicas of a stage hold the same state), and every replica
+resumes from the same file, so a run resumes with another replica count too.
 """
 
 from __future__ import annotations
@@ -60,11 +62,13 @@ class RankEpochs:
         keep: int,
         all_gather: Gather,
         load_all_stages: Callable[[], object],
+        writes: bool = True,
     ) -> None:
         self.dm, self.stage = dm, stage
+        self.writes = writes  # this rank logs and checkpoints its stage (replica 0 of each stage does)
         self.validation, self.checkpoint_dir, self.keep = validation, checkpoint_dir, keep
         self.all_gather, self.load_all_stages = all_gather, load_all_stages
-        self.hooks = CallbackList(loggers_for(log_dir, prefix=f"stage{stage.index}."))
+        self.hooks = CallbackList(loggers_for(log_dir if writes else None, prefix=f"stage{stage.index}."))
         self.validating = False  # rank 0's choice, agreed by every rank in start()
         self.metrics: list[dict[str, float]] = []
         self.base_steps = 0
@@ -127,7 +131,7 @@ class RankEpochs:
                          learning_rates={key: rate} if rate is not None else {}, validation=metrics)  # fmt: skip
         self.tick = now
         self.hooks.on_epoch_end(self.dm, epoch, stats)
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and self.writes:
             state = {**stage_checkpoint(self.dm, self.stage), "epoch": epoch + 1, "rng": rng_state(),
                      "log": asdict(log), "validation": self.metrics}  # fmt: skip
             save_atomically(state, Path(self.checkpoint_dir) / checkpoint_name(epoch + 1, self.stage.index))

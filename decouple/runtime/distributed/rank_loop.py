@@ -1,118 +1,36 @@
 """Multi-process stage loop: one stage per rank, only forward messages between ranks.
 
 Rank ``k`` trains stage ``k`` as :func:`decouple.runtime.sequential.train_step` does, through the
-same local step (:mod:`decouple.runtime.step`: precision, accumulation, clipping, schedules). Its detached message and carry go to rank
-``k + 1`` and nothing comes back, so after any number of batches every rank holds the
-parameters of the sequential run. The message is posted before the backward so that rank
-``k + 1`` starts on a batch while rank ``k`` still updates.
+one local step of :mod:`decouple.runtime.step`: forward, local loss, backward, its own optimizer
+step on each completed accumulation group. Its detached message and carry go to rank ``k + 1``
+and nothing comes back, so after any number of batches every rank holds the parameters of the
+sequential run. The message is posted before the backward so that rank ``k + 1`` starts on a
+batch while rank ``k`` still updates.
 
-Why a failure board: a rank that fails writes a record to the process group's store and then
-tears its process group down, so that its neighbours' pending sends and receives fail at once
-instead of waiting for the timeout; they read the board, raise :class:`RankFailedError` naming
-the rank that failed first, and tear down in turn. A rank that vanished without a record (killed,
-out of memory) or hangs is reported from the failed send or receive; the process group's timeout
-bounds every wait.
+With data-parallel replicas (:mod:`.mesh`), the source rank splits each global batch into one
+shard per replica and sends each other replica's stage 0 its shard; every stage averages its
+gradients over its replicas (:class:`.replicas.GradientAverager`, the step's ``sync``) before each
+optimizer step.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ...codegen.stage import Stage
-from ...errors import RankFailedError, StageError
+from ...errors import StageError
 from ...tree import move_tree
 from ..config import TrainingConfig
 from ..step import backward_local, end_epoch, forward_local, hand_on
 from .links import Kind, Link, LinkError
+from .replicas import GradientAverager, shard
 
-__all__ = ["FailureBoard", "FailureRecord", "StageLog", "StepRecord", "StageRunner", "explain_link_error"]
-
-_PREFIX = "decouple/failure/"
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    """One rank's failure: ``origin`` when it failed itself, not because a peer did."""
-
-    rank: int
-    origin: bool
-    text: str
-    cause: int | None = None  # for a secondary failure, the peer whose loss this rank noticed
-
-
-class FailureBoard:
-    """Failure records in a store shared by all ranks, in the order they were written."""
-
-    def __init__(self, store: dist.Store, rank: int) -> None:
-        self.store = store
-        self.rank = rank
-
-    def report(self, text: str, *, origin: bool, cause: int | None = None) -> None:
-        """Record this rank's failure (once per rank); never raises, the store may be gone."""
-        own = f"{_PREFIX}rank{self.rank}"
-        try:
-            if self.store.check([own]):
-                return
-            seq = self.store.add(f"{_PREFIX}count", 1)
-            self.store.set(f"{_PREFIX}{seq}", json.dumps(asdict(FailureRecord(self.rank, origin, text, cause))))
-            self.store.set(own, str(seq))
-        except Exception:  # reporting is best effort; the link error still tells
-            return
-
-    def records(self) -> list[FailureRecord]:
-        """Every record written so far (an unreachable store reads as none)."""
-        try:
-            count = self.store.add(f"{_PREFIX}count", 0)
-            keys = [f"{_PREFIX}{i}" for i in range(1, count + 1)]
-            return [FailureRecord(**json.loads(self.store.get(k))) for k in keys if self.store.check([k])]
-        except Exception:  # the store died with the rank that hosted it
-            return []
-
-    def first_failure(self, wait: float = 2.0) -> FailureRecord | None:
-        """The first origin record, waiting up to ``wait`` seconds for one to appear."""
-        deadline = time.monotonic() + wait
-        while True:
-            found = self.records()
-            origins = [r for r in found if r.origin]
-            if origins:
-                return origins[0]
-            if time.monotonic() >= deadline:
-                return found[0] if found else None
-            time.sleep(0.05)
-
-
-def explain_link_error(
-    error: LinkError, board: FailureBoard | None, *, rank: int, where: str, batch: int | None = None
-) -> RankFailedError:
-    """Turn a failed send or receive into an error naming the rank that failed first and why."""
-    record = board.first_failure() if board is not None else None
-    peer = "its peers" if error.peer is None else f"rank {error.peer}"
-    if record is not None and record.origin:
-        why = f"rank {record.rank} failed: {record.text}"
-        failed: int | None = record.rank
-    elif record is not None:
-        failed = record.cause
-        why = f"rank {record.rank} reported: {record.text}"
-    elif "timed out" in str(error).lower() or "timeout" in str(error).lower():
-        failed = error.peer
-        why = (
-            f"{peer} did not answer within the process group's timeout: it hangs, or one batch takes it "
-            f"longer than the timeout (raise timeout=). ({error})"
-        )
-    else:
-        failed = error.peer
-        why = (
-            f"{peer} closed its connection without reporting an error: it was killed, ran out of memory or "
-            f"exited early. ({error})"
-        )
-    return RankFailedError(f"rank {rank} stopped {where} because {why}", stage=rank, batch=batch, failed_rank=failed)
+__all__ = ["StageLog", "StepRecord", "StageRunner"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +41,7 @@ class StepRecord:
     epoch: int
     batch: int
     loss: float | None
+    replica: int = 0
 
 
 @dataclass
@@ -139,8 +58,10 @@ class StageLog:
 class StageRunner:
     """Trains one stage on the stream of batches: read from a loader (rank 0) or from the inbox.
 
-    ``position`` is ``(epoch, batch)`` of the batch being trained, for error messages, and
-    ``None`` before the first batch and after the stream ends.
+    ``shards``: on the source rank, links to stage 0 of every other replica, in replica order
+    (each receives its shard of every batch); ``averager``: averages gradients over the stage's
+    replicas before each optimizer step. ``position`` is ``(epoch, batch)`` of the batch being
+    trained, for error messages, and ``None`` before the first batch and after the stream ends.
     """
 
     def __init__(
@@ -149,6 +70,9 @@ class StageRunner:
         *,
         inbox: Link | None,
         outbox: Link | None,
+        shards: Sequence[Link] = (),
+        averager: GradientAverager | None = None,
+        replica: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
         config: TrainingConfig | None = None,
         on_epoch_end: Callable[[int, StageLog], None] | None = None,
@@ -158,6 +82,9 @@ class StageRunner:
         self.on_epoch_end = on_epoch_end
         self.inbox = inbox
         self.outbox = outbox
+        self.shards = list(shards)
+        self.averager = averager
+        self.replica = replica
         self.on_step = on_step
         self.position: tuple[int, int] | None = None
 
@@ -178,6 +105,10 @@ class StageRunner:
             total, count = None, 0
             for b, (message, carry) in enumerate(batches(epoch)):
                 self.position = (epoch, b)
+                if self.shards:
+                    (message, carry), *others = shard(message, carry, 1 + len(self.shards), batch=b)
+                    for link, part in zip(self.shards, others):
+                        link.send(part)
                 total, count = self._accumulate(total, count, self._train(message, carry))
             self._close_epoch(log, total, count, epoch)
         return self._stop(log, start)
@@ -222,14 +153,16 @@ class StageRunner:
             loss = None
         else:
             try:
-                backward_local(stage, config, local.loss, batch=batch)
+                backward_local(stage, config, local.loss, batch=batch, sync=self.averager)
+            except LinkError:  # a replica peer is gone: the trainer explains it
+                raise
             except Exception as exc:
                 raise self._stage_error(exc) from exc
             loss = local.loss.detach()
         if self.on_step is not None:
             assert self.position is not None
             epoch, b = self.position
-            self.on_step(StepRecord(stage.index, epoch, b, None if loss is None else float(loss)))
+            self.on_step(StepRecord(stage.index, epoch, b, None if loss is None else float(loss), self.replica))
         return loss
 
     def _stage_error(self, exc: Exception) -> StageError:
@@ -256,7 +189,9 @@ class StageRunner:
         log.epoch_batches.append(count)
         log.batches += count
         try:
-            end_epoch([self.stage], self.config)  # the last partial group, the per-epoch scheduler
+            end_epoch([self.stage], self.config, sync=self.averager)  # the last partial group, the per-epoch scheduler
+        except LinkError:
+            raise
         except Exception as exc:
             raise self._stage_error(exc) from exc
         self._forward_kind(Kind.EPOCH_END)
@@ -265,12 +200,16 @@ class StageRunner:
 
     def _stop(self, log: StageLog, start: float) -> StageLog:
         self._forward_kind(Kind.STOP)
-        if self.outbox is not None:
-            self.outbox.flush()
+        for link in self._links():
+            link.flush()
         self.position = None
         log.seconds = time.perf_counter() - start
         return log
 
     def _forward_kind(self, kind: Kind) -> None:
-        if self.outbox is not None:
-            self.outbox.send_kind(kind)
+        for link in self._links():
+            link.send_kind(kind)
+
+    def _links(self) -> list[Link]:
+        """Where this rank sends: the other replicas' shards (source rank) and the next stage."""
+        return [*self.shards, *([self.outbox] if self.outbox is not None else [])]
