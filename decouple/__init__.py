@@ -30,9 +30,11 @@ from .errors import (
 )
 from .frontend.tracer import TracerFallbackWarning
 from .model import DecoupledModel
+from .objectives.base import LocalObjective, LocalResult
 from .objectives.losses import supcon_loss
+from .objectives.stage_info import StageInfo
 from .param_counts import ParamCounts
-from .passes import METHODS, parse_options
+from .passes import METHODS, Method, PoolOptions, parse_options, register_method
 from .runtime.stats import RunStats
 from .runtime.timeline import Timeline
 from .standalone import export_source
@@ -44,6 +46,12 @@ __all__ = [
     "RunStats",
     "Timeline",
     "METHODS",
+    "Method",
+    "register_method",
+    "StageInfo",
+    "LocalObjective",
+    "LocalResult",
+    "PoolOptions",
     "parse_options",
     "supcon_loss",
     "DecoupleError",

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import StageError
+from ..errors import ConfigError, StageError
 from ..objectives.base import LocalObjective, LocalResult
 
 __all__ = ["Stage", "StageIO", "StageResult", "StageList"]
@@ -145,7 +145,12 @@ class Stage(nn.Module):
         """The local objective on the stage's output (``None`` for a stage without one)."""
         if self.objective is None:
             return None
-        result: LocalResult = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        result = self.objective(output, carry, **self.objective_kwargs(message, next_message))
+        if not isinstance(result, LocalResult):
+            raise ConfigError(
+                f"stage {self.index}'s objective {type(self.objective).__name__} returned {type(result).__name__}; its "
+                "forward must return decouple.LocalResult(loss, carry) (loss a scalar tensor, carry for the next stage)"
+            )
         return result
 
     def check_finite(self, loss: torch.Tensor, *, batch: int | None = None) -> bool:
