@@ -24,7 +24,7 @@ from decouple import ConfigError, LocalObjective, LocalResult, StageInfo, cli
 
 from .helpers import assert_gradient_isolation, one_thread
 from .models import MLP, ResCNN
-from .test_distributed import assert_same_state, run_as_threads
+from .test_distributed import assert_same_state, run_as_threads, sequential
 
 
 class Probe(LocalObjective):
@@ -124,24 +124,18 @@ def test_a_registered_method_takes_its_options_by_name() -> None:
 
 def test_the_pipeline_equals_sequential_training() -> None:
     data = _batches()
-    with one_thread():
-        reference = _convert()
+    reference = sequential(_convert(), data)
+    piped = _convert()
+    with one_thread(), piped.pipeline(depth=2) as pipe:
         for x, y in data:
-            reference.train_step(x, target=y)
-        piped = _convert()
-        with piped.pipeline(depth=2) as pipe:
-            for x, y in data:
-                pipe.submit(x, target=y)
-            pipe.drain()
+            pipe.submit(x, target=y)
+        pipe.drain()
     assert_same_state(piped, reference)
 
 
 def test_two_ranks_equal_sequential_training() -> None:
     data = _batches()
-    with one_thread():
-        reference = _convert()
-        for x, y in data:
-            reference.train_step(x, target=y)
+    reference = sequential(_convert(), data)
     dm = _convert()
     run_as_threads(dm, data)
     assert_same_state(dm, reference)
@@ -149,20 +143,13 @@ def test_two_ranks_equal_sequential_training() -> None:
 
 def test_state_dict_round_trips_and_resumes_exactly() -> None:
     data = _batches(6)
-    with one_thread():
-        straight = _convert()
-        for x, y in data:
-            straight.train_step(x, target=y)
-        first = _convert()
-        for x, y in data[:3]:
-            first.train_step(x, target=y)
-        buffer = io.BytesIO()
-        torch.save(first.state_dict(), buffer)
-        buffer.seek(0)
-        resumed = _convert(seed=7)  # other initial weights: the checkpoint must overwrite them
-        resumed.load_state_dict(torch.load(buffer, weights_only=True))
-        for x, y in data[3:]:
-            resumed.train_step(x, target=y)
+    straight = sequential(_convert(), data)
+    buffer = io.BytesIO()
+    torch.save(sequential(_convert(), data[:3]).state_dict(), buffer)
+    buffer.seek(0)
+    resumed = _convert(seed=7)  # other initial weights: the checkpoint must overwrite them
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    sequential(resumed, data[3:])
     assert resumed.steps == straight.steps == 6
     assert_same_state(resumed, straight)
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..experiments.demo import DemoConfig, run_demo
+from ..passes import METHODS
 from .main import Command, register_command
 from .main import main as cli_main
 
@@ -18,7 +19,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         default=d.method,
-        help=f"training method compared with bp (default {d.method}; also al, early_exit, bp)",
+        help=f"training method compared with bp (default {d.method}; any of {', '.join(METHODS)})",
     )
     parser.add_argument(
         "--epochs", type=int, default=d.epochs, help=f"passes over the 12,000 training images (default {d.epochs})"

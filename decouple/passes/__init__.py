@@ -15,6 +15,10 @@ from .scl import SupConOptions, make_supcon
 from .al import AssociatedOptions, make_associated
 from .early_exit import ExitOptions, make_exit
 from .bp import BackpropOptions
+from .dgl import DGLOptions, make_dgl
+from .predsim import PredSimOptions, make_predsim
+from .infopro import InfoProOptions, make_infopro
+from .deinfo import DeInfoRegOptions, make_deinfo
 
 # isort: on
 from .compile import run_passes
@@ -24,7 +28,6 @@ from .registry import (
     METHODS,
     Method,
     ObjectiveFactory,
-    make_method,
     method_options,
     parse_options,
     register_method,
@@ -36,7 +39,6 @@ __all__ = [
     "Method",
     "METHODS",
     "ObjectiveFactory",
-    "make_method",
     "resolve_method",
     "method_options",
     "parse_options",
@@ -47,9 +49,17 @@ __all__ = [
     "AssociatedOptions",
     "ExitOptions",
     "BackpropOptions",
+    "DGLOptions",
+    "PredSimOptions",
+    "InfoProOptions",
+    "DeInfoRegOptions",
     "make_supcon",
     "make_associated",
     "make_exit",
+    "make_dgl",
+    "make_predsim",
+    "make_infopro",
+    "make_deinfo",
     "detach_boundaries",
     "attach_task_loss",
 ]

@@ -28,7 +28,6 @@ __all__ = [
     "Method",
     "METHODS",
     "register_method",
-    "make_method",
     "resolve_method",
     "method_options",
     "parse_options",
@@ -60,46 +59,35 @@ class Method:
     end_to_end: bool = False
     detach: bool = True
 
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"a method name is a word of letters, digits, '_', '-' or '.', starting with a letter, got {name!r}"
+            )
+        if self.make_objective is None and not self.end_to_end:
+            raise ConfigError(
+                f"method {name!r} has no make_objective: pass a function info -> decouple.LocalObjective | None "
+                "(or end_to_end=True for a method that trains the task loss end to end)"
+            )
+        if self.make_objective is not None and not callable(self.make_objective):
+            raise ConfigError(
+                f"make_objective of method {name!r} must be callable as make_objective(info), got "
+                f"{type(self.make_objective).__name__}"
+            )
+        if self.end_to_end and (self.make_objective is not None or self.replaces_head):
+            raise ConfigError(
+                f"method {name!r}: end_to_end=True trains the model's own loss through every stage, so it takes no "
+                "make_objective and keeps the model's head; leave them out"
+            )
+        if not (isinstance(self.options, type) and dataclasses.is_dataclass(self.options)):
+            raise ConfigError(
+                f"options of method {name!r} must be a dataclass type (e.g. @dataclass(frozen=True) class "
+                f"MyOptions(decouple.PoolOptions): weight: float = 1.0), got {self.options!r}"
+            )
+
 
 METHODS: dict[str, Method] = {}
-
-
-def make_method(
-    name: str,
-    make_objective: ObjectiveFactory | None = None,
-    *,
-    options: type | None = None,
-    summary: str = "",
-    replaces_head: bool = False,
-    end_to_end: bool = False,
-    detach: bool = True,
-) -> Method:
-    """A checked :class:`Method` (not registered)."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"a method name is a word of letters, digits, '_', '-' or '.', starting with a letter, got {name!r}"
-        )
-    if make_objective is None and not end_to_end:
-        raise ConfigError(
-            f"method {name!r} has no make_objective: pass a function info -> decouple.LocalObjective | None "
-            "(or end_to_end=True for a method that trains the task loss end to end)"
-        )
-    if make_objective is not None and not callable(make_objective):
-        raise ConfigError(
-            f"make_objective of method {name!r} must be callable as make_objective(info), got {type(make_objective).__name__}"
-        )
-    if end_to_end and (make_objective is not None or replaces_head):
-        raise ConfigError(
-            f"method {name!r}: end_to_end=True trains the model's own loss through every stage, so it takes no "
-            "make_objective and keeps the model's head; leave them out"
-        )
-    chosen = PoolOptions if options is None else options
-    if not (isinstance(chosen, type) and dataclasses.is_dataclass(chosen)):
-        raise ConfigError(
-            f"options of method {name!r} must be a dataclass type (e.g. @dataclass(frozen=True) class "
-            f"MyOptions(decouple.passes.PoolOptions): weight: float = 1.0), got {chosen!r}"
-        )
-    return Method(name, make_objective, chosen, summary, replaces_head, end_to_end, detach)
 
 
 def register_method(
@@ -119,10 +107,7 @@ def register_method(
     options ``pool``, ``pool_size``, ``mask``); see :class:`Method` for the flags. A name that is
     already registered raises ``ConfigError`` unless ``replace=True``.
     """
-    method = make_method(
-        name, make_objective, options=options, summary=summary, replaces_head=replaces_head,
-        end_to_end=end_to_end, detach=detach,
-    )  # fmt: skip
+    method = Method(name, make_objective, options or PoolOptions, summary, replaces_head, end_to_end, detach)
     if name in METHODS and not replace:
         raise ConfigError(
             f"method {name!r} is already registered ({METHODS[name].summary or 'no summary'}); choose another "
@@ -146,7 +131,7 @@ def resolve_method(method: Any) -> Method:
         return METHODS[method]
     if callable(method):
         name = getattr(method, "__name__", type(method).__name__)
-        return make_method(name if _NAME.match(name) else "custom", method, summary="a custom make_objective")
+        return Method(name if _NAME.match(name) else "custom", method, summary="a custom make_objective")
     raise ConfigError(
         f"method must be a registered name ({', '.join(METHODS)}), a decouple.Method, or a function "
         f"info -> decouple.LocalObjective, got {type(method).__name__}"
