@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import decouple
 from decouple import ConfigError
 
-from .helpers import assert_gradient_isolation
+from .helpers import assert_gradient_isolation, registered_methods, small_options
 from .models import MLP, ResCNN, ShapeCarrier
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,12 +99,14 @@ def test_backprop_equals_plain_pytorch_training() -> None:
         torch.testing.assert_close(state[key], value)
 
 
-@pytest.mark.parametrize("method", ["scl", "al", "early_exit", "bp"])
+@pytest.mark.parametrize("method", registered_methods())
 def test_local_losses_decrease_on_a_fixed_batch(method: str) -> None:
     model = ResCNN(channels=8, blocks=2, num_classes=3)
     x = torch.randn(12, 3, 8, 8)
     y = torch.arange(12) % 3
-    dm = decouple.convert(model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(x[:2],))
+    dm = decouple.convert(
+        model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(x[:2],), **small_options(method)
+    )
     first = dm.train_step(x, target=y)
     for _ in range(30):
         last = dm.train_step(x, target=y)

@@ -36,3 +36,7 @@ class ExitObjective(LocalObjective):
 
     def exit_head(self) -> nn.Module:
         return self.classifier
+
+    def extra_repr(self) -> str:
+        layers = sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in self.classifier.modules())
+        return f"method={self.method!r}, layers={layers}"
