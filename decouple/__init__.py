@@ -30,9 +30,11 @@ from .errors import (
 )
 from .frontend.tracer import TracerFallbackWarning
 from .model import DecoupledModel
+from .objectives.base import LocalObjective, LocalResult
 from .objectives.losses import supcon_loss
+from .objectives.stage_info import StageInfo
 from .param_counts import ParamCounts
-from .passes import METHODS, parse_options
+from .passes import METHODS, Method, PoolOptions, parse_options, register_method
 from .runtime.callbacks import Callback, StepLog
 from .runtime.compiled import CompileFallbackWarning
 from .runtime.config import TrainingConfig
@@ -53,6 +55,12 @@ __all__ = [
     "CSVLogger",
     "TensorBoardLogger",
     "METHODS",
+    "Method",
+    "register_method",
+    "StageInfo",
+    "LocalObjective",
+    "LocalResult",
+    "PoolOptions",
     "parse_options",
     "supcon_loss",
     "DecoupleError",

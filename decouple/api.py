@@ -23,7 +23,7 @@ from .frontend.trace import Trace, TracerName
 from .frontend.tracer import trace_modes
 from .model import DecoupledModel
 from .objectives.losses import default_task_loss
-from .passes import get_method, method_options, run_passes
+from .passes import Method, ObjectiveFactory, method_options, resolve_method, run_passes
 from .runtime.config import SchedulerFactory, TrainingConfig
 from .runtime.prepare import prepare_stages
 
@@ -38,7 +38,7 @@ def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
 
 def convert(
     model: nn.Module,
-    method: str = "scl",
+    method: str | Method | ObjectiveFactory = "scl",
     splits: Sequence[str] | int | None = None,
     example_inputs: Any = None,
     *,
@@ -66,8 +66,10 @@ def convert(
     Args:
         model: any ``nn.Module``; it is never modified (it is deep-copied unless ``copy_model=False``,
             in which case the stages share and train its parameters in place).
-        method: "scl" (supervised contrastive heads), "al" (associated learning),
-            "early_exit" (exit classifiers) or "bp" (end-to-end backprop baseline).
+        method: a registered method's name ("scl", "al", "early_exit", "bp", "dgl", "predsim",
+            "infopro", "deinfo"; ``decouple.METHODS``), or your own ``make_objective(info:
+            decouple.StageInfo) -> decouple.LocalObjective | None``, called for every stage but
+            the last (which trains ``loss_fn``); see :func:`decouple.register_method`.
         splits: module qualified names (or fx node names) to cut right after, in forward order;
             an int ``N`` asks for ``N`` stages balanced by cost.
         example_inputs: a tuple of example positional inputs, or a dict of keyword inputs, used to
@@ -94,7 +96,7 @@ def convert(
             a stage whose compilation fails warns once and trains eagerly.
         **options: options of the method (e.g. ``temperature``, ``head``, ``pool`` for "scl").
     """
-    chosen = get_method(method)
+    chosen = resolve_method(method)
     opts = method_options(chosen, options)
     balance_kind = check_balance(balance)
     if not isinstance(model, nn.Module):
@@ -158,8 +160,14 @@ def convert(
     partitions[False] = partitions[True] if same else _partition(traces[False], names, root)
 
     num_stages = partitions[True].num_stages
+    kept = num_stages - 1 if chosen.replaces_head else num_stages  # a replaced head does not train
+    placement = _assign_devices(devices, max(kept, 1), root, dropped=num_stages - kept)
     specs = [
-        StageSpec(index=k, plans={True: partitions[True].stages[k], False: partitions[False].stages[k]})
+        StageSpec(
+            index=k,
+            plans={True: partitions[True].stages[k], False: partitions[False].stages[k]},
+            device=placement[min(k, len(placement) - 1)],
+        )
         for k in range(num_stages)
     ]
     program = Program(
@@ -172,9 +180,6 @@ def convert(
         num_classes=num_classes,
     )
     run_passes(program, chosen, opts)
-    placement = _assign_devices(devices, len(program.stages), root, dropped=len(program.dropped))
-    for spec, device in zip(program.stages, placement):
-        spec.device = device
     stages = build_stages(program)
     factory = optimizer or _default_optimizer
     for stage in stages:

@@ -35,7 +35,8 @@ from .frontend.preserve import preserved_state
 from .frontend.trace import Trace
 from .objectives.losses import logits_of
 from .param_counts import count
-from .passes.registry import Method, run_passes
+from .passes.compile import run_passes
+from .passes.registry import Method
 from .tree import detach_tree, map_tensors, move_tree, tensor_leaves
 
 __all__ = ["BalanceKind", "BALANCE_KINDS", "check_kind", "balance_splits"]

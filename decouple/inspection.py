@@ -22,7 +22,7 @@ from .frontend.trace import Trace, TracerName
 from .frontend.tracer import trace_modes
 from .model import DecoupledModel
 from .objectives.losses import default_task_loss
-from .passes.registry import get_method, method_options
+from .passes.registry import METHODS, Method, ObjectiveFactory, method_options, resolve_method
 
 __all__ = [
     "Boundary",
@@ -94,6 +94,7 @@ class StageRow:
     flops: int
     flops_share: float | None
     cost_share: float | None = None
+    objective: str | None = None  # what the stage learns from: its objective's class and settings
 
 
 @dataclass
@@ -111,6 +112,7 @@ class ConversionReport:
     affiliated: int
     dropped: int
     notes: list[str] = field(default_factory=list)
+    method_summary: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +150,7 @@ def describe_conversion(dm: DecoupledModel) -> ConversionReport:
                 flops=stage_flops,
                 flops_share=stage_flops / total_flops if total_flops else None,
                 cost_share=row.cost_share,
+                objective=_describe_objective(stage.objective),
             )
         )
     return ConversionReport(
@@ -162,7 +165,16 @@ def describe_conversion(dm: DecoupledModel) -> ConversionReport:
         affiliated=counts.affiliated,
         dropped=counts.dropped,
         notes=list(counts.notes),
+        method_summary=METHODS[dm.method].summary if dm.method in METHODS else "",
     )
+
+
+def _describe_objective(objective: nn.Module | None) -> str | None:
+    """``"SupConObjective(temperature=0.1, ...)"``: the class and its ``extra_repr``."""
+    if objective is None:
+        return None
+    settings = objective.extra_repr()
+    return f"{type(objective).__name__}({settings})" if settings else type(objective).__name__
 
 
 @dataclass
@@ -217,7 +229,7 @@ def describe_splits(
     stages: int | None = None,
     *,
     example_inputs: Any = None,
-    method: str = "scl",
+    method: str | Method | ObjectiveFactory = "scl",
     balance: BalanceKind = "flops",
     num_classes: int | None = None,
     options: dict[str, Any] | None = None,
@@ -226,7 +238,7 @@ def describe_splits(
     candidates = candidate_splits(tr, model)
     report = SplitsReport(type(model).__name__, candidates)
     if stages is not None:
-        chosen = get_method(method)
+        chosen = resolve_method(method)
         args, kwargs = normalize_example_inputs(example_inputs)
         result = balance_splits(tr, model, stages, kind=balance, method=chosen, options=method_options(chosen, options or {}),
                                 loss_fn=default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)  # fmt: skip

@@ -153,8 +153,8 @@ class DecoupledModel(nn.Module):
         By default an ``fx.GraphModule`` whose ``forward`` takes the original model's inputs and
         returns what the original returns (for "al": the decoded prediction, Algorithm 3).
         ``exit=l`` stops after stage ``l``: associated learning's forward shortcut through
-        ``b_l`` and ``h_l .. h_1``, or early exit ``l``'s classifier. ``exit_threshold=p``
-        ("early_exit"): a module that answers each sample from the first exit whose softmax
+        ``b_l`` and ``h_l .. h_1``, or exit ``l``'s classifier (any method whose objectives have an
+        exit head: early_exit, dgl, predsim, infopro). ``exit_threshold=p``: a module that answers each sample from the first exit whose softmax
         confidence is at least ``p`` (see :class:`decouple.codegen.early_exit_model.EarlyExitModel`, whose
         ``usage`` reports the share of samples per exit). ``device`` defaults to the first stage's.
         """
@@ -177,11 +177,13 @@ class DecoupledModel(nn.Module):
         return self.program.loss_fn(output, target)
 
     def _live_exit_model(self, threshold: float) -> EarlyExitModel:
-        if self.method != "early_exit":
-            raise ConfigError(
-                f"exit_threshold needs exit classifiers, which method 'early_exit' trains; this model uses {self.method!r}"
-            )
         stages = list(self.stages)
+        tails = self.program.tails
+        if self.program.default_exit is not None or any(k + 1 not in tails for k in range(len(stages) - 1)):
+            raise ConfigError(
+                "exit_threshold needs exit classifiers on every stage but the last (methods early_exit, dgl, predsim "
+                f"and infopro train them) and the model's own head; this model uses {self.method!r}"
+            )
         ios = [s.io[False] for s in stages]
         inputs = self.program.partitions[False].trace.inputs
         example = next(
@@ -196,8 +198,8 @@ class DecoupledModel(nn.Module):
             ),
             None,
         )
-        exits = [self.program.tails[k + 1].modules[0][1] for k in range(len(stages) - 1)]
-        extras = [s.objective_extras for s in stages[:-1]]
+        exits = [tails[k + 1].modules[0][1] for k in range(len(stages) - 1)]
+        extras = [tails[k + 1].extras for k in range(len(stages) - 1)]
         subset = example is not None and batch_major(ios[:-1], example)
         return EarlyExitModel([s.eval_module for s in stages], ios, exits, extras, inputs, threshold, subset)
 
@@ -228,8 +230,7 @@ class DecoupledModel(nn.Module):
     def param_counts(self, *, exit_threshold: float | None = None) -> ParamCounts:
         """Effective and affiliated parameter counts per stage, and training / inference totals.
 
-        With ``exit_threshold`` ("early_exit"), the exit classifiers count as effective: they run
-        at inference.
+        With ``exit_threshold``, the exit classifiers count as effective: they run at inference.
         """
         live: nn.Module = (
             self._live_exit_model(exit_threshold) if exit_threshold is not None else self._live_inference_module()

@@ -30,19 +30,23 @@ from typing import Any
 
 import torch
 
+import decouple
 from decouple.experiments.models import ARCHITECTURES
 from decouple.experiments.results import accuracy_table, plot_curves, write_epochs_csv, write_summary_csv
 from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
 from decouple.model import DecoupledModel
-from decouple.passes import Method, register_method
-from decouple.passes.scl import SupConOptions, attach_supcon
-from decouple.passes.task import attach_task_loss
 from decouple.runtime.batches import unpack_batch
 from decouple.runtime.stats import RunStats, batch_size
 
-#: scl's heads and losses without ``detach_boundaries``: every local loss reaches the stages before it
-JOINT = register_method(Method("scl_no_detach", (attach_supcon, attach_task_loss), SupConOptions,
-                               "scl's heads without the detach at the cuts; train with joint_fit (summed losses)"))  # fmt: skip
+#: scl's heads and losses without the detach at the cuts: every local loss reaches the stages before it
+JOINT = decouple.register_method(
+    "scl_no_detach",
+    decouple.METHODS["scl"].make_objective,
+    options=decouple.METHODS["scl"].options,
+    detach=False,
+    replace=True,  # loading this file again registers it again
+    summary="scl's heads without the detach at the cuts; train with joint_fit (summed losses)",
+)
 
 
 def joint_fit(

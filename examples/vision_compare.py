@@ -1,6 +1,7 @@
-"""Compare bp, early_exit, al and scl on a vanilla ConvNet, a VGG-style net and ResNet-18 (the papers' tables 2-5).
+"""Compare local-learning methods on a vanilla ConvNet, a VGG-style net and ResNet-18 (the papers' tables 2-5).
 
     python examples/vision_compare.py                                  # ConvNet + VGG on the bundled MNIST subset
+    python examples/vision_compare.py --methods all                    # every registered method (dgl, predsim, ...)
     python examples/vision_compare.py --archs convnet --seeds 3 --epochs 4
     python examples/vision_compare.py --archs convnet,vgg,resnet18 --dataset cifar10 --data-root ~/data \\
         --device cuda --width paper --epochs 200 --seeds 5 --views 2  # paper scale, on a GPU
@@ -9,7 +10,8 @@ Prints the test accuracy table (rows methods, columns architectures, mean ± std
 the parameter table (training vs inference parameters per method); writes to --out:
 accuracy_per_epoch.csv, summary.csv, accuracy_vs_epoch.png (test accuracy per epoch per
 method, the papers' figure) and config.json. Every method of one (architecture, seed) starts
-from the same initial weights and sees the same batches. AL runs with first_loss=ce,
+from the same initial weights and sees the same batches. ``--methods`` takes names from
+``decouple.METHODS`` (default: the papers' bp, early_exit, al, scl) or ``all``. AL runs with first_loss=ce,
 target_grad=False and a bridge with a 1024-wide hidden layer unless --option al:KEY=VALUE says
 otherwise (decouple.experiments.RECIPES).
 """
@@ -20,6 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from decouple import METHODS
 from decouple.errors import ConfigError
 from decouple.experiments import RECIPES
 from decouple.experiments.models import ARCHITECTURES
@@ -31,16 +34,17 @@ from decouple.experiments.results import (
     write_summary_csv,
 )
 from decouple.experiments.study import Variant, add_study_arguments, run_script, study_from_args
-from decouple.passes import METHODS
 
-METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order
+METHOD_ORDER = ("bp", "early_exit", "al", "scl")  # the papers' row order; --methods all appends the others
 DEFAULT_OPTIONS = RECIPES  # --option al:KEY=VALUE overrides them
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--methods", default=",".join(METHOD_ORDER), help=f"comma-separated (default {','.join(METHOD_ORDER)})"
+        "--methods",
+        default=",".join(METHOD_ORDER),
+        help=f"comma-separated registered methods, or 'all' (default {','.join(METHOD_ORDER)}; all: {','.join(METHODS)})",
     )
     add_study_arguments(parser, archs="convnet,vgg", epochs=3, seeds=3, out="results/vision_compare")
     return parser.parse_args(argv)
@@ -50,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     study = study_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = [*(m for m in METHOD_ORDER if m in METHODS), *(m for m in METHODS if m not in METHOD_ORDER)]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS))}")

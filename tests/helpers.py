@@ -29,3 +29,30 @@ def assert_gradient_isolation(dm: Any, *inputs: Any, target: Any, **kw_inputs: A
         foreign = touched - owned[k]
         assert not foreign, f"stage {k}'s loss reaches parameters of other stages"
         assert touched & owned[k], f"stage {k}'s loss reaches none of its own parameters"
+
+
+#: method options that keep the local heads small on the tests' tiny models (the defaults follow the papers)
+SMALL_HEADS: dict[str, dict[str, Any]] = {"scl": {"head_dims": (16, 8)}, "deinfo": {"head_dims": (16, 16)}}
+
+
+def small_options(method: str) -> dict[str, Any]:
+    """Options for ``method`` with small local heads (none for methods whose heads are small already)."""
+    return dict(SMALL_HEADS.get(method, {}))
+
+
+def registered_methods(*, decoupled: bool = False) -> list[str]:
+    """Every method the library registers (``decoupled``: only those whose stages train on local losses).
+
+    Read when the tests are collected, before any test or example registers methods of its own (an
+    example's ``scl_no_detach`` lets gradients cross cuts on purpose).
+    """
+    return [name for name, m in _LIBRARY_METHODS.items() if not (decoupled and m.end_to_end)]
+
+
+def _library_methods() -> dict[str, Any]:
+    import decouple
+
+    return dict(decouple.METHODS)
+
+
+_LIBRARY_METHODS = _library_methods()

@@ -19,6 +19,8 @@ import decouple
 from benchmarks import zoo
 from decouple import cli
 
+from .helpers import registered_methods, small_options
+
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = ["torchvision:resnet18", "--input-shape", "2,3,32,32", "--num-classes", "10"]
 TINY = ["tests.cli_models:tiny_net", "--input-shape", "2,3,8,8", "--num-classes", "4"]
@@ -357,10 +359,11 @@ def test_token_inputs_and_method_options(capsys: pytest.CaptureFixture[str]) -> 
     assert data["stages"][0]["affiliated"] == 16 * 6 + 6  # mean over tokens -> Linear(16, 6)
 
 
-@pytest.mark.parametrize("method", ["bp", "al", "early_exit"])
+@pytest.mark.parametrize("method", [m for m in registered_methods() if m != "scl"])
 def test_inspect_and_export_work_for_every_method(
     method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    options = [f"--option={k}={json.dumps(v)}" for k, v in small_options(method).items()]
     base = [
         "tests.cli_models:tiny_net",
         "--input-shape",
@@ -371,6 +374,7 @@ def test_inspect_and_export_work_for_every_method(
         method,
         "--splits",
         "stem,blocks.0",
+        *options,
     ]
     assert cli.main(["inspect", *base, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -36,7 +36,7 @@ from decouple.distributed import (
 from decouple.runtime.distributed.links import Kind, Link
 from decouple.runtime.distributed.rank_loop import StageRunner
 
-from .helpers import one_thread
+from .helpers import one_thread, registered_methods, small_options
 from .models import MLP, ResCNN
 
 pytestmark = pytest.mark.skipif(
@@ -47,9 +47,12 @@ WIDTHS = [8, 16, 16, 12]
 
 
 # -- models and data (module level: spawned ranks import them) ------------------------------
-def mlp_dm(splits: tuple[str, ...] = ("layers.0",), seed: int = 0, method: str = "scl") -> decouple.DecoupledModel:
+def mlp_dm(splits: tuple[str, ...] = ("layers.0",), seed: int = 0, method: Any = "scl") -> decouple.DecoupledModel:
     torch.manual_seed(seed)
-    return decouple.convert(MLP(WIDTHS), method=method, splits=list(splits), example_inputs=(torch.randn(2, 8),))
+    options = small_options(method) if isinstance(method, str) else {}
+    return decouple.convert(
+        MLP(WIDTHS), method=method, splits=list(splits), example_inputs=(torch.randn(2, 8),), **options
+    )
 
 
 def batches(n: int = 5, size: int = 8, last: int = 5, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -160,7 +163,7 @@ def test_long_skip_and_batch_norm_equal_sequential_training() -> None:
     assert_same_state(dm, reference)
 
 
-@pytest.mark.parametrize("method", ["al", "early_exit"])
+@pytest.mark.parametrize("method", [m for m in registered_methods(decoupled=True) if m != "scl"])
 def test_other_methods_equal_sequential_training(method: str) -> None:
     data = batches()
     reference = sequential(mlp_dm(("layers.0", "layers.1"), method=method), data)

@@ -208,6 +208,20 @@ def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pyt
     assert "Vanilla ConvNet" in printed and "±" in printed and "training" in printed
 
 
+def test_vision_compare_runs_every_registered_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--archs", "convnet", "--methods", "all", "--seeds", "1", "--out", str(tmp_path), *TINY]
+    assert load_example("vision_compare").main([*args, "--option", "deinfo:head_dims=[32,32]"]) == 0
+    summary = {r["method"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert list(summary)[:4] == ["bp", "early_exit", "al", "scl"] and set(summary) == set(decouple.METHODS)
+    inference = int(summary["bp"]["inference_params"])
+    for method, row in summary.items():
+        facts = decouple.METHODS[method]
+        assert (int(row["inference_params"]) == inference) != facts.replaces_head, method
+        assert (int(row["training_params"]) > inference) != facts.end_to_end, method
+    printed = capsys.readouterr().out
+    assert all(f"\n{m} " in printed for m in ("dgl", "predsim", "infopro", "deinfo"))
+
+
 def test_vision_compare_is_deterministic_with_seed(tmp_path: Path) -> None:
     example = load_example("vision_compare")
     for run in ("a", "b"):

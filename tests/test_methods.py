@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import decouple
 from decouple import ConfigError
 
-from .helpers import assert_gradient_isolation
+from .helpers import assert_gradient_isolation, registered_methods, small_options
 from .models import MLP, ResCNN, ShapeCarrier
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,12 +99,14 @@ def test_backprop_equals_plain_pytorch_training() -> None:
         torch.testing.assert_close(state[key], value)
 
 
-@pytest.mark.parametrize("method", ["scl", "al", "early_exit", "bp"])
+@pytest.mark.parametrize("method", registered_methods())
 def test_local_losses_decrease_on_a_fixed_batch(method: str) -> None:
     model = ResCNN(channels=8, blocks=2, num_classes=3)
     x = torch.randn(12, 3, 8, 8)
     y = torch.arange(12) % 3
-    dm = decouple.convert(model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(x[:2],))
+    dm = decouple.convert(
+        model, method=method, splits=["blocks.0", "blocks.1"], example_inputs=(x[:2],), **small_options(method)
+    )
     first = dm.train_step(x, target=y)
     for _ in range(30):
         last = dm.train_step(x, target=y)
@@ -237,3 +239,28 @@ def test_exit_errors() -> None:
 def test_bad_method_options(options, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         decouple.convert(MLP([4, 6, 4]), splits=["layers.0"], example_inputs=(torch.randn(2, 4),), **options)
+
+
+@pytest.mark.parametrize("method", ["dgl", "predsim", "infopro"])
+def test_methods_with_classifier_heads_serve_exits(method: str) -> None:
+    """dgl, predsim and infopro train a classifier per stage: it answers exits like early_exit's."""
+    x = torch.randn(8, 3, 8, 8)
+    dm = decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method, ["blocks.0", "blocks.1"], (x[:2],))
+    dm.train_step(x, target=torch.arange(8) % 3)
+    with torch.no_grad():
+        first = dm.inference_module(exit=1)(x)
+        assert first.shape == (8, 3)
+        torch.testing.assert_close(first, dm.stages[0].objective.exit_head().eval()(dm.stages[0].eval()({"x": x})[1]))
+        everyone = dm.inference_module(exit_threshold=0.0)
+        torch.testing.assert_close(everyone(x), first)
+        assert everyone.usage == [1.0, 0.0, 0.0]
+    exits = {id(p): p.numel() for s in dm.stages[:-1] for p in s.objective.exit_head().parameters()}
+    assert dm.param_counts(exit_threshold=0.5).affiliated == dm.param_counts().affiliated - sum(exits.values())
+
+
+@pytest.mark.parametrize("method, options", [("deinfo", {"head_dims": (8,)}), ("al", {}), ("scl", {})])
+def test_methods_without_exits_refuse_exit_threshold(method: str, options: dict) -> None:
+    x = torch.randn(4, 3, 8, 8)
+    dm = decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method, ["blocks.0"], (x,), **options)
+    with pytest.raises(ConfigError, match="exit_threshold needs exit classifiers on every stage but the last"):
+        dm.inference_module(exit_threshold=0.5)

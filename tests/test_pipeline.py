@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import decouple
 from decouple.runtime.schedule import clock_cycles, dependencies, ideal_ticks, schedule_violations
 
-from .helpers import one_thread
+from .helpers import one_thread, registered_methods, small_options
 from .models import MLP, ResCNN
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -113,13 +113,14 @@ def test_pipeline_equals_sequential_for_any_batches_and_depth(sizes: list[int], 
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["al", "early_exit"])
+@pytest.mark.parametrize("method", [m for m in registered_methods(decoupled=True) if m != "scl"])
 def test_pipeline_equals_sequential_for_other_methods(method: str) -> None:
     data = _vectors([8, 8, 8, 5])
     with one_thread():
-        reference = _mlp(method)
+        reference = _mlp(method, **small_options(method))
         _sequential(reference, data)
-        piped = _mlp(method, devices=["cpu"] * reference.num_stages)  # "al" drops the head's stage
+        devices = ["cpu"] * reference.num_stages  # "al" drops the head's stage
+        piped = _mlp(method, devices=devices, **small_options(method))
         _pipelined(piped, data)
     assert_same_training_state(reference, piped)
 

@@ -1,7 +1,7 @@
 """Random split specifications, valid and invalid, against random architectures.
 
 Specs drawn from the candidate split points (``decouple splits`` lists them) must convert with every
-method and satisfy isolation and transparency. Other specs (module and node names in forward order,
+registered method and satisfy isolation and transparency. Other specs (module and node names in forward order,
 garbage, duplicates, wrong order, non-strings) either convert and satisfy the same properties, or
 raise a documented :class:`decouple.DecoupleError`, never another exception type.
 """
@@ -17,7 +17,7 @@ import decouple
 from decouple.compiler.candidates import candidate_splits
 from decouple.inspection import trace_model
 
-from .helpers import assert_gradient_isolation
+from .helpers import assert_gradient_isolation, registered_methods, small_options
 from .models import MLP, FunctionalDropout, ResCNN, Reused, ShapeCarrier, UsesTuple
 
 ARCHITECTURES = {
@@ -73,7 +73,7 @@ def spec(draw):
         pool = [*_names(model), "nonexistent", "layer9", "", "blocks.7"]
         items = st.one_of(st.sampled_from(pool), st.integers(-2, 3), st.none())
         splits = draw(st.lists(items, min_size=0, max_size=4))
-    method = draw(st.sampled_from(["scl", "al", "early_exit", "bp"]))
+    method = draw(st.sampled_from(registered_methods()))
     return kind, model, splits, example, classes, method
 
 
@@ -81,8 +81,11 @@ def spec(draw):
 @given(spec())
 def test_random_split_specs(case) -> None:
     kind, model, splits, inputs, classes, method = case
+    facts = decouple.METHODS[method]
     try:
-        dm = decouple.convert(model, method=method, splits=splits, example_inputs=inputs, num_classes=classes)
+        dm = decouple.convert(
+            model, method=method, splits=splits, example_inputs=inputs, num_classes=classes, **small_options(method)
+        )
     except decouple.DecoupleError as exc:
         assert kind != "candidates", f"candidate split points {splits} must convert with {method!r}: {exc}"
         event(f"rejected: {type(exc).__name__}")
@@ -92,11 +95,11 @@ def test_random_split_specs(case) -> None:
     model.eval()
     dm.eval()
     with torch.no_grad():
-        if method == "al":
+        if facts.replaces_head:
             assert dm.inference_module()(*inputs).shape == (inputs[0].shape[0], classes)
         else:
             torch.testing.assert_close(dm.inference_module()(*inputs), model(*inputs))
     dm.train()
-    if method != "bp":
+    if not facts.end_to_end:
         assert_gradient_isolation(dm, *inputs, target=target)
     dm.train_step(*inputs, target=target)

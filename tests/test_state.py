@@ -9,7 +9,7 @@ import torch
 
 import decouple
 
-from .helpers import one_thread
+from .helpers import one_thread, registered_methods, small_options
 from .models import ResCNN
 
 
@@ -147,11 +147,11 @@ def _pipelined(dm: decouple.DecoupledModel, batches: list[tuple[torch.Tensor, to
 def _convert_method(method: str, seed: int = 0) -> decouple.DecoupledModel:
     torch.manual_seed(seed)
     return decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method=method, splits=["blocks.0", "blocks.1"],
-                            example_inputs=(torch.randn(2, 3, 8, 8),))  # fmt: skip
+                            example_inputs=(torch.randn(2, 3, 8, 8),), **small_options(method))  # fmt: skip
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("method", ["scl", "al", "early_exit"])
+@pytest.mark.parametrize("method", registered_methods(decoupled=True))
 def test_pipelined_resume_is_bit_identical(method: str) -> None:
     """Stop a pipelined run mid-training, reload its checkpoint into a fresh conversion, and pipeline on.
 

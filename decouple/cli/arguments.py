@@ -13,8 +13,8 @@ from ..balance import BALANCE_KINDS
 from ..errors import ConfigError, InputError
 from ..model import DecoupledModel
 from ..passes import METHODS
-from ..passes.registry import parse_options
-from .model_spec import SCHEMES, accepts_keyword, build_model, parse_model_spec
+from ..passes.registry import Method, parse_options
+from .model_spec import SCHEMES, ModelSpec, accepts_keyword, build_model, import_attribute, parse_model_spec
 
 __all__ = [
     "add_model_arguments",
@@ -26,6 +26,7 @@ __all__ = [
     "parse_splits",
     "example_input",
     "build",
+    "method_from_args",
     "convert_from_args",
     "print_json",
 ]
@@ -91,7 +92,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """The method, its options, and how ``--stages N`` balances the stages."""
-    parser.add_argument("--method", default="scl", help=f"training method: {', '.join(METHODS)} (default scl)")
+    parser.add_argument(
+        "--method",
+        default="scl",
+        metavar="NAME|MODULE:FACTORY",
+        help=f"training method: {', '.join(METHODS)} (default scl), or package.module:make_objective "
+        "(a function info -> decouple.LocalObjective, or a decouple.Method)",
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -186,6 +193,25 @@ def build(args: argparse.Namespace) -> Any:
     return build_model(spec, kwargs)
 
 
+def method_from_args(args: argparse.Namespace) -> Any:
+    """``--method``: a registered name as it is, or the object ``package.module:factory`` names."""
+    text = args.method
+    if text in METHODS or ":" not in text:
+        return text  # convert() reports an unknown name with the close matches
+    module, _, name = text.rpartition(":")
+    if not module or not name.isidentifier():
+        raise ConfigError(
+            f"--method {text!r}: give a registered method ({', '.join(METHODS)}) or package.module:make_objective"
+        )
+    found = import_attribute(ModelSpec(text, "factory", module, name))
+    if not (isinstance(found, Method) or callable(found)):
+        raise ConfigError(
+            f"--method {text!r} is a {type(found).__name__}; point it at a function info -> decouple.LocalObjective "
+            "or at a decouple.Method"
+        )
+    return found
+
+
 def convert_from_args(args: argparse.Namespace) -> tuple[DecoupledModel, torch.Tensor]:
     """Build, then convert the model as the arguments say; returns the DecoupledModel and the example input."""
     model = build(args)
@@ -193,7 +219,7 @@ def convert_from_args(args: argparse.Namespace) -> tuple[DecoupledModel, torch.T
     splits = parse_splits(args)
     options = parse_options(args.option)
     dm = convert(
-        model, method=args.method, splits=splits, example_inputs=(x,), num_classes=args.num_classes,
+        model, method=method_from_args(args), splits=splits, example_inputs=(x,), num_classes=args.num_classes,
         tracer=args.tracer, leaf_modules=args.leaf_module, balance=args.balance if isinstance(splits, int) else "flops", **options,
     )  # fmt: skip
     return dm, x

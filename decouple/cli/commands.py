@@ -21,6 +21,7 @@ from .arguments import (
     build,
     convert_from_args,
     example_input,
+    method_from_args,
     print_json,
 )
 from .main import Command, register_command
@@ -71,7 +72,7 @@ def run_splits(args: argparse.Namespace) -> int:
     model = build(args)
     x = example_input(args)
     tr = trace_model(model, (x,), tracer=args.tracer, leaf_modules=args.leaf_module)
-    report = describe_splits(model, tr, args.stages, example_inputs=(x,), method=args.method, balance=args.balance,
+    report = describe_splits(model, tr, args.stages, example_inputs=(x,), method=method_from_args(args), balance=args.balance,
                              num_classes=args.num_classes, options=parse_options(args.option))  # fmt: skip
     if args.json:
         print_json({"model_spec": args.model, "input_shape": list(x.shape), **report.as_dict()})

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..experiments.demo import DemoConfig, run_demo
 from ..experiments.study import add_training_arguments
+from ..passes import METHODS
 from .main import Command, register_command
 from .main import main as cli_main
 
@@ -19,7 +20,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         default=d.method,
-        help=f"training method compared with bp (default {d.method}; also al, early_exit, bp)",
+        help=f"training method compared with bp (default {d.method}; any of {', '.join(METHODS)})",
     )
     parser.add_argument(
         "--epochs", type=int, default=d.epochs, help=f"passes over the 12,000 training images (default {d.epochs})"

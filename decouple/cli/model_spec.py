@@ -24,7 +24,16 @@ from torch import nn
 from ..errors import ConfigError, close_matches
 from ..source_files import import_path
 
-__all__ = ["ModelSpec", "Scheme", "SCHEMES", "register_scheme", "parse_model_spec", "build_model", "accepts_keyword"]
+__all__ = [
+    "ModelSpec",
+    "Scheme",
+    "SCHEMES",
+    "register_scheme",
+    "parse_model_spec",
+    "build_model",
+    "accepts_keyword",
+    "import_attribute",
+]
 
 #: ``builder(name, kwargs) -> nn.Module`` for one scheme
 Builder = Callable[[str, dict[str, Any]], nn.Module]
@@ -106,12 +115,18 @@ def build_model(spec: str | ModelSpec, kwargs: dict[str, Any] | None = None) -> 
     return model
 
 
-def _load_factory(spec: ModelSpec) -> Callable[..., Any]:
+def import_attribute(spec: ModelSpec) -> Any:
+    """The object ``spec.name`` of the module (or ``.py`` file) ``spec.target``; ConfigError when it is not there."""
     module = _import(spec)
-    factory = getattr(module, spec.name, None)
-    if factory is None:
+    found = getattr(module, spec.name, None)
+    if found is None:
         public = [n for n in vars(module) if not n.startswith("_")]
         raise ConfigError(f"{spec.target!r} has no attribute {spec.name!r}{close_matches(spec.name, public)}")
+    return found
+
+
+def _load_factory(spec: ModelSpec) -> Callable[..., Any]:
+    factory = import_attribute(spec)
     if not callable(factory):
         raise ConfigError(
             f"{spec.target}:{spec.name} is a {type(factory).__name__}, not a callable that returns an nn.Module"

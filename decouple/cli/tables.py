@@ -36,13 +36,16 @@ def _table(title: str | None = None) -> Table:
 
 def conversion_tables(report: ConversionReport) -> list[Any]:
     """The stage table and the totals table of ``decouple inspect``."""
+    summary = f" ({report.method_summary})" if report.method_summary else ""
     stages = _table(
-        f"{report.model} · method {report.method} · {len(report.stages)} stages · splits {', '.join(report.splits)}"
+        f"{report.model} · method {report.method}{summary} · {len(report.stages)} stages · "
+        f"splits {', '.join(report.splits)}"
     )
     stages.add_column("stage", justify="right", no_wrap=True)
     stages.add_column("modules", overflow="fold")
     stages.add_column("inputs", overflow="fold")
     stages.add_column("outputs", overflow="fold")
+    stages.add_column("objective", overflow="fold")
     for name in ("effective", "affiliated", "training", "FLOPs"):
         stages.add_column(name, justify="right", no_wrap=True)
     show_cost = any(s.cost_share is not None for s in report.stages)
@@ -54,6 +57,7 @@ def conversion_tables(report: ConversionReport) -> list[Any]:
             ", ".join(s.modules) or "-",
             "\n".join(str(b) for b in s.inputs) or "-",
             "\n".join(str(b) for b in s.outputs) or "-",
+            s.objective or "-",
             f"{s.effective:,}",
             f"{s.affiliated:,}",
             f"{s.training:,}",
@@ -62,6 +66,7 @@ def conversion_tables(report: ConversionReport) -> list[Any]:
         stages.add_row(*cells, *([percent(s.cost_share)] if show_cost else []))
     stages.add_row(
         "total",
+        "",
         "",
         "",
         "",

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import ConfigError
 from ..objectives.base import LocalObjective, LocalResult
 
 __all__ = ["Stage", "StageIO", "StageResult", "StageList"]
@@ -158,7 +159,12 @@ class Stage(nn.Module):
             return None
         compiled = self.compiled_objective if self.training else None
         objective = compiled or self.objective
-        result: LocalResult = objective(output, carry, **self.objective_kwargs(message, next_message))
+        result = objective(output, carry, **self.objective_kwargs(message, next_message))
+        if not isinstance(result, LocalResult):
+            raise ConfigError(
+                f"stage {self.index}'s objective {type(self.objective).__name__} returned {type(result).__name__}; its "
+                "forward must return decouple.LocalResult(loss, carry) (loss a scalar tensor, carry for the next stage)"
+            )
         return result
 
     def extra_repr(self) -> str:

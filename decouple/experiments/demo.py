@@ -18,7 +18,7 @@ from .. import METHODS
 from ..errors import ConfigError
 from .augment import Augmented
 from .image_data import image_data
-from .models import DemoCNN
+from .models import DemoCNN, replaces_head
 from .training import RECIPES, RunResult, torch_threads, train_and_evaluate
 
 __all__ = ["DemoConfig", "run_demo", "DEMO_SPLITS", "BASELINE"]
@@ -48,11 +48,12 @@ class DemoConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose from {', '.join(sorted(METHODS))}")
-        most = len(DEMO_SPLITS) + (0 if self.method == "al" else 1)
+        replaced = replaces_head(self.method)
+        most = len(DEMO_SPLITS) + (0 if replaced else 1)
         if not 2 <= self.stages <= most:
             why = (
-                "al replaces the classifier, so its stages are the 2 conv blocks"
-                if self.method == "al"
+                f"{self.method} replaces the classifier, so its stages are the 2 conv blocks"
+                if replaced
                 else "one stage per block"
             )
             raise ConfigError(f"the demo CNN has 2 conv blocks and a classifier ({why}), so --stages must be 2 to {most}, "
@@ -66,7 +67,7 @@ class DemoConfig:
     @property
     def splits(self) -> list[str]:
         """One stage per block; associated learning cuts after every encoder block (its head is replaced)."""
-        return list(DEMO_SPLITS[: self.stages if self.method == "al" else self.stages - 1])
+        return list(DEMO_SPLITS[: self.stages if replaces_head(self.method) else self.stages - 1])
 
 
 def _plural(n: int, word: str) -> str:

@@ -15,9 +15,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import METHODS
 from ..errors import ConfigError, close_matches
 
-__all__ = ["Architecture", "ARCHITECTURES", "DemoCNN", "ConvNet", "VGG", "ResNet18", "build_model", "get_architecture"]
+__all__ = [
+    "Architecture",
+    "ARCHITECTURES",
+    "DemoCNN",
+    "ConvNet",
+    "VGG",
+    "ResNet18",
+    "build_model",
+    "get_architecture",
+    "replaces_head",
+]
 
 
 def conv_block(cin: int, cout: int, *, pool: bool) -> nn.Sequential:
@@ -114,6 +125,12 @@ class ResNet18(nn.Module):
         return self.classifier(self.layer4(self.layer3(x)))
 
 
+def replaces_head(method: str) -> bool:
+    """Whether the registered ``method`` replaces the model's head (its stages are every block before it)."""
+    found = METHODS.get(method)
+    return found is not None and found.replaces_head
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A model family: its builder, the split points in forward order, and its width at paper scale.
@@ -137,16 +154,17 @@ class Architecture:
     def splits_for(self, stages: int | None = None, method: str = "scl") -> list[str]:
         """The split points for ``stages`` stages (default: every split point, one stage per block).
 
-        For ``method="al"`` the points are :attr:`blocks` (its stages are the encoders; the
-        classifier after the last point is replaced).
+        For a method that replaces the model's head (``al``) the points are :attr:`blocks` (its
+        stages are the encoders; the classifier after the last point is replaced).
         """
-        points = self.blocks if method == "al" else self.splits
-        most = len(points) + (0 if method == "al" else 1)
+        replaced = replaces_head(method)
+        points = self.blocks if replaced else self.splits
+        most = len(points) + (0 if replaced else 1)
         if stages is None:
             return list(points)
         if isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= most:
             raise ConfigError(f"{self.title} splits into 2 to {most} stages for method {method!r}, got {stages!r}")
-        return list(points[: stages if method == "al" else stages - 1])
+        return list(points[: stages if replaced else stages - 1])
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -9,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tree import first_tensor
-from .base import LocalObjective, LocalResult
+from .base import LocalObjective, LocalResult, pooled
 from .losses import check_class_targets
 from .precision import full_precision
 
-__all__ = ["AssociatedObjective"]
+__all__ = ["AssociatedObjective", "AssociatedExit"]
 
 _mse = full_precision(F.mse_loss)
 _cross_entropy = full_precision(F.cross_entropy)
@@ -31,6 +32,10 @@ class AssociatedObjective(LocalObjective):
     Both terms are mean squared errors (Algorithms 1-2 of the paper). The first layer may
     reconstruct the labels with cross-entropy instead (``first_loss="ce"``, as the released code
     does), in which case ``h_1`` outputs logits. The carry handed on is ``t``, detached.
+
+    ``earlier`` are the decoders ``h_{i-1} .. h_1`` of the layers before (held, not registered:
+    they are those layers' parameters); the exit head is the forward shortcut through ``b_i``
+    and ``h_i .. h_1`` (Algorithm 3).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class AssociatedObjective(LocalObjective):
         num_classes: int,
         first_loss: str = "mse",
         target_grad: bool = True,
+        earlier: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
         self.bridge = bridge  # b_i: pooled representation -> label space
@@ -52,6 +58,7 @@ class AssociatedObjective(LocalObjective):
         self.num_classes = num_classes
         self.first_loss = first_loss
         self.target_grad = target_grad
+        self.earlier = list(earlier)  # a plain list: h_{i-1} .. h_1 belong to the earlier layers' objectives
 
     def forward(self, representation: Any, carry: Any, **extras: Any) -> LocalResult:
         x = first_tensor(representation)
@@ -61,7 +68,7 @@ class AssociatedObjective(LocalObjective):
         else:
             t_prev = carry
         t = self.encoder(t_prev)
-        s_prime = self.bridge(representation, **extras) if extras else self.bridge(representation)
+        s_prime = pooled(self.bridge, representation, extras)
         associated = _mse(s_prime, t if self.target_grad else t.detach())
         reconstruction = self.decoder(t)
         if self.layer == 1 and self.first_loss == "ce":
@@ -74,5 +81,24 @@ class AssociatedObjective(LocalObjective):
                 prediction = self.decoder(s_prime)
         return LocalResult(associated + autoencoder, t.detach(), prediction)
 
+    def exit_head(self) -> nn.Module:
+        return AssociatedExit(self.bridge, [self.decoder, *self.earlier])
+
     def extra_repr(self) -> str:
         return f"layer={self.layer}, first_loss={self.first_loss!r}"
+
+
+class AssociatedExit(nn.Module):
+    """The inference path from layer ``i``: ``h_1(.. h_i(b_i(s_i)))`` (Algorithm 3's forward shortcut)."""
+
+    def __init__(self, bridge: nn.Module, decoders: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.bridge = bridge
+        self.decoders = nn.ModuleList(decoders)  # h_i .. h_1
+
+    def forward(self, representation: Any, **extras: Any) -> torch.Tensor:
+        t = self.bridge(representation, **extras)  # a PooledHead: the extras (a mask) go to its pool
+        for decoder in self.decoders:  # layers may sit on different devices (dm(x) runs them in place)
+            device = next((p.device for p in decoder.parameters()), t.device)
+            t = decoder(t.to(device))
+        return t

@@ -23,6 +23,7 @@ __all__ = [
     "logits_of",
     "check_class_targets",
     "check_task_targets",
+    "similarity_matrix",
     "SupConVariant",
 ]
 
@@ -79,6 +80,18 @@ def supcon_loss(
     if reduction == "sum":
         return per_anchor.sum()
     return per_anchor.mean()
+
+
+def similarity_matrix(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The batch's adjusted cosine similarity (correlation) matrix: ``(N, D) -> (N, N)``, entries in [-1, 1].
+
+    Each row is centred over its features and scaled to unit length, then ``S = X X^T``: S(X) of
+    Nøkland & Eidnes (2019), which DeInfoReg's released code uses as well. Applied to one-hot labels
+    it gives the label similarity matrix that predsim and deinfo pull the representations' matrix towards.
+    """
+    centred = x - x.mean(dim=1, keepdim=True)
+    unit = centred / (centred.norm(dim=1, keepdim=True) + eps)
+    return (unit @ unit.T).clamp(-1.0, 1.0)
 
 
 def check_class_targets(target: Any, batch: int, *, method: str, num_classes: int | None = None) -> torch.Tensor:

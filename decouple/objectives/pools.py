@@ -28,6 +28,7 @@ __all__ = [
     "TokenSelect",
     "FinalState",
     "BatchFirst",
+    "FirstTensor",
     "last_valid_index",
     "reads_mask",
     "make_pool",
@@ -184,6 +185,13 @@ class BatchFirst(nn.Module):
         elif isinstance(x, torch.Tensor):
             x = x.transpose(0, 1)
         return self.pool(x, **extras)
+
+
+class FirstTensor(nn.Module):
+    """The representation's first tensor as it is (no pooling): what a head that reads a whole feature map takes."""
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return first_tensor(x)
 
 
 class _Vector(nn.Module):

@@ -1,4 +1,4 @@
-"""The associated-learning pass (Kao & Chen 2021; Wu et al. 2022).
+"""Method ``al``: associated learning (Kao & Chen 2021; Wu et al. 2022).
 
 The stages before the last become the encoders ``f_1 .. f_L``; the part of the model after the
 last split (its original head) is dropped and replaced by the target path. Each encoder stage
@@ -12,18 +12,15 @@ paper). Inference runs ``f_1 .. f_L -> b_L -> h_L .. h_1`` (Algorithm 3); the pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from ..compiler.program import InferenceTail, Program
 from ..errors import ConfigError
 from ..objectives.associated import AssociatedObjective
 from ..objectives.heads import ACTIVATIONS, PooledHead, make_mlp
-from ..objectives.pools import output_dim
-from .detach import detach_boundaries
-from .pooling import PoolOptions, build_pool, infer_num_classes
-from .registry import Method, register_method
+from ..objectives.stage_info import StageInfo
+from .pooling import PoolOptions
+from .registry import register_method
 
-__all__ = ["AssociatedOptions", "attach_associated_learning"]
+__all__ = ["AssociatedOptions", "make_associated", "AL"]
 
 
 @dataclass(frozen=True)
@@ -62,50 +59,35 @@ class AssociatedOptions(PoolOptions):
             raise ConfigError(f"first_loss must be 'mse' (eq. 3) or 'ce' (released code), got {self.first_loss!r}")
 
 
-def attach_associated_learning(program: Program, options: Any) -> None:
-    """Turn stages ``0 .. L-1`` into AL layers and drop the model's head (stage ``L``)."""
-    classes = infer_num_classes(program, "al")
-    dropped = program.stages.pop()
-    program.dropped.append(dropped.plans[True])
-    layers = len(program.stages)
-    objectives: list[AssociatedObjective] = []
-    for spec in program.stages:
-        i = spec.index + 1
-        pool, example = build_pool(program, spec.index, options)
-        width = options.label_dim
-        bridge = PooledHead(
-            pool,
-            make_mlp(
-                output_dim(pool, example), width, hidden=options.bridge_width, activation=options.bridge_activation
-            ),
-        )
-        t_prev = classes if i == 1 else width
-        encoder = make_mlp(t_prev, width, activation=options.encoder_activation)
-        logits = i == 1 and options.first_loss == "ce"
-        decoder = make_mlp(width, t_prev, activation=None if logits else options.decoder_activation)
-        objective = AssociatedObjective(
-            bridge, encoder, decoder, layer=i, num_classes=classes,
-            first_loss=options.first_loss, target_grad=options.target_grad,
-        )  # fmt: skip
-        spec.objective = objective
-        objectives.append(objective)
-    for exit_at in range(1, layers + 1):
-        modules = [(f"al_bridge_{exit_at}", objectives[exit_at - 1].bridge)]
-        modules += [(f"al_decoder_{i}", objectives[i - 1].decoder) for i in range(exit_at, 0, -1)]
-        program.tails[exit_at] = InferenceTail(exit_at, modules, dict(program.stages[exit_at - 1].objective_extras))
-    program.default_exit = layers
-    replaced = ", ".join(dropped.plans[True].modules) or "the layers after the last split"
-    program.notes.append(
-        f"method al replaces the model's head ({replaced}) with the target path: bridge b_{layers} and decoders "
-        f"h_{layers}..h_1 (label_dim {options.label_dim}, {classes} classes)"
+def make_associated(info: StageInfo) -> AssociatedObjective:
+    """Layer ``i = info.index + 1``: bridge ``b_i``, encoder ``g_i`` and decoder ``h_i``.
+
+    Its exit head runs ``b_i`` then ``h_i .. h_1``; ``h_{i-1} .. h_1`` are the decoders of the
+    objectives made for the earlier stages (``info.previous``).
+    """
+    options = info.options
+    classes = info.require_classes()
+    i = info.index + 1
+    width = options.label_dim
+    bridge = PooledHead(
+        info.pool,
+        make_mlp(info.pooled_dim, width, hidden=options.bridge_width, activation=options.bridge_activation),
     )
+    t_prev = classes if i == 1 else width
+    encoder = make_mlp(t_prev, width, activation=options.encoder_activation)
+    logits = i == 1 and options.first_loss == "ce"
+    decoder = make_mlp(width, t_prev, activation=None if logits else options.decoder_activation)
+    earlier = [p.decoder for p in reversed(info.previous) if isinstance(p, AssociatedObjective)]
+    return AssociatedObjective(
+        bridge, encoder, decoder, layer=i, num_classes=classes,
+        first_loss=options.first_loss, target_grad=options.target_grad, earlier=earlier,
+    )  # fmt: skip
 
 
-register_method(
-    Method(
-        "al",
-        (detach_boundaries, attach_associated_learning),
-        AssociatedOptions,
-        "associated learning: bridges and target-side autoencoders per stage, the head replaced by decoders",
-    )
+AL = register_method(
+    "al",
+    make_associated,
+    options=AssociatedOptions,
+    replaces_head=True,
+    summary="associated learning: bridges and target-side autoencoders per stage, the head replaced by decoders",
 )

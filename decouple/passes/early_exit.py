@@ -1,26 +1,23 @@
-"""The early-exit pass: an auxiliary classifier per stage, trained with cross-entropy on its input.
+"""Method ``early_exit``: an auxiliary classifier per stage, trained with cross-entropy on its input.
 
 Every stage but the last gets ``pool -> Linear(d, C)`` (or a small MLP) on its representation;
 the last stage keeps the model's task loss. Inference is the original model; the exits serve
 ``inference_module(exit=l)`` and per-sample early exit (``exit_threshold=p``, BranchyNet-style).
+``dgl`` (``passes/dgl.py``) is the same idea with a deeper auxiliary network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from ..compiler.program import InferenceTail, Program
 from ..errors import ConfigError
 from ..objectives.early_exit import ExitObjective
 from ..objectives.heads import PooledHead, make_mlp
-from ..objectives.pools import output_dim
-from .detach import detach_boundaries
-from .pooling import PoolOptions, build_pool, infer_num_classes
-from .registry import Method, register_method
-from .task import attach_task_loss
+from ..objectives.stage_info import StageInfo
+from .pooling import PoolOptions
+from .registry import register_method
 
-__all__ = ["ExitOptions", "attach_exits"]
+__all__ = ["ExitOptions", "make_exit", "EARLY_EXIT"]
 
 
 @dataclass(frozen=True)
@@ -41,23 +38,17 @@ class ExitOptions(PoolOptions):
             raise ConfigError(f"exit_hidden must be a positive int, got {self.exit_hidden!r}")
 
 
-def attach_exits(program: Program, options: Any) -> None:
-    """Give every stage but the last an exit classifier trained with cross-entropy."""
-    classes = infer_num_classes(program, "early_exit")
-    for spec in program.stages[:-1]:
-        pool, example = build_pool(program, spec.index, options)
-        hidden = options.exit_hidden if options.exit_head == "mlp" else None
-        classifier = PooledHead(pool, make_mlp(output_dim(pool, example), classes, hidden=hidden))
-        spec.objective = ExitObjective(classifier, classes)
-        exit_at = spec.index + 1
-        program.tails[exit_at] = InferenceTail(exit_at, [(f"exit_{exit_at}", classifier)], dict(spec.objective_extras))
+def make_exit(info: StageInfo) -> ExitObjective:
+    """Stage ``info.index``'s exit classifier, trained with cross-entropy."""
+    classes = info.require_classes()
+    hidden = info.options.exit_hidden if info.options.exit_head == "mlp" else None
+    classifier = PooledHead(info.pool, make_mlp(info.pooled_dim, classes, hidden=hidden))
+    return ExitObjective(classifier, classes)
 
 
-register_method(
-    Method(
-        "early_exit",
-        (detach_boundaries, attach_exits, attach_task_loss),
-        ExitOptions,
-        "an auxiliary classifier per stage trained with cross-entropy (early exit)",
-    )
+EARLY_EXIT = register_method(
+    "early_exit",
+    make_exit,
+    options=ExitOptions,
+    summary="an auxiliary classifier per stage trained with cross-entropy (early exit)",
 )

@@ -1,4 +1,4 @@
-"""Pooling a stage's representation for its local head: options, representation layout, the number of classes.
+"""Pooling a stage's representation for its local head: the pool options and the representation's layout.
 
 ``stage_pool`` builds the module that turns a stage's representation into a vector for its local
 head and, for sequences, finds the attention mask it pools with (see ``passes/masks.py``).
@@ -17,12 +17,11 @@ from torch import nn
 from ..compiler.program import Program
 from ..errors import ConfigError
 from ..frontend.attributes import qualified_target
-from ..objectives.losses import logits_of
 from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, make_pool, reads_mask
 from ..tree import first_tensor
 from .masks import carry_value, find_mask
 
-__all__ = ["PoolOptions", "StagePool", "stage_pool", "build_pool", "split_rnn", "is_channel_first", "infer_num_classes"]
+__all__ = ["PoolOptions", "StagePool", "stage_pool", "split_rnn", "is_channel_first"]
 
 #: ops that keep the layout of their first input, walked through to find where a value came from
 _LAYOUT_PRESERVING = {
@@ -104,17 +103,6 @@ def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
     return StagePool(pool, example, extras)
 
 
-def build_pool(program: Program, k: int, options: PoolOptions) -> tuple[nn.Module, torch.Tensor]:
-    """The pool for stage ``k``'s representation, and that representation's example tensor.
-
-    Also registers the pool's keyword inputs (the attention mask) as stage ``k``'s objective
-    extras; use :func:`stage_pool` to get them without that side effect on the stage spec.
-    """
-    built = stage_pool(program, k, options)
-    program.stages[k].objective_extras.update(built.extras)
-    return built.pool, built.example
-
-
 def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
     """The recurrent module stage ``k`` ends with, when its split names one (its layout and directions)."""
     split = program.stages[k].plans[True].split
@@ -159,21 +147,3 @@ def _name(target: Any) -> str:
     if name.startswith("aten."):
         name = name.split(".")[1]
     return name.lower()
-
-
-def infer_num_classes(program: Program, method: str) -> int:
-    """The number of classes: the ``num_classes`` option, else the width of a ``(N, C)`` output."""
-    if program.num_classes is not None:
-        if not isinstance(program.num_classes, int) or program.num_classes < 2:
-            raise ConfigError(f"num_classes must be an int >= 2, got {program.num_classes!r}")
-        return program.num_classes
-    output = program.output_value()
-    out = logits_of(output)
-    if out is not None and out.dim() == 2 and out.shape[1] >= 2:
-        program.num_classes = int(out.shape[1])
-        return program.num_classes
-    shape = tuple(out.shape) if out is not None else type(output).__name__
-    raise ConfigError(
-        f"method {method!r} needs the number of classes, and it cannot be read from the model's output "
-        f"({shape}, expected a (batch, classes) logits tensor); pass num_classes=C to convert()"
-    )

@@ -1,4 +1,4 @@
-"""The SCL pass (Delog-SCL / SCPL): a projection head and a supervised contrastive loss per stage.
+"""Method ``scl`` (Delog-SCL / SCPL): a projection head and a supervised contrastive loss per stage.
 
 Every stage but the last gets ``g_l``: pool -> projection head, trained with the supervised
 contrastive loss on its own representation (Delog-SCL eq. 2). The head defaults to the SCPL
@@ -9,22 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
-from ..compiler.program import Program
 from ..errors import ConfigError
 from ..objectives.heads import make_projector
-from ..objectives.losses import default_task_loss, logits_of
-from ..objectives.pools import output_dim
+from ..objectives.stage_info import StageInfo
 from ..objectives.supcon import SupConObjective
-from .detach import detach_boundaries
-from .pooling import PoolOptions, build_pool
-from .registry import Method, register_method
-from .task import attach_task_loss
+from .pooling import PoolOptions
+from .registry import register_method
 
-__all__ = ["SupConOptions", "attach_supcon"]
+__all__ = ["SupConOptions", "make_supcon", "SCL"]
 
 
 @dataclass(frozen=True)
@@ -61,42 +56,23 @@ class SupConOptions(PoolOptions):
             )
 
 
-def attach_supcon(program: Program, options: Any) -> None:
-    """Give every stage but the last a projection head and a supervised contrastive loss."""
-    classes = _known_classes(program)
-    for spec in program.stages[:-1]:
-        pool, example = build_pool(program, spec.index, options)
-        projector = make_projector(options.head, output_dim(pool, example), options.head_dims)
-        spec.objective = SupConObjective(
-            pool,
-            projector,
-            temperature=float(options.temperature),
-            variant=options.supcon_variant,
-            reduction=options.supcon_reduction,
-            num_classes=classes,
-            contrast=options.contrast,
-        )
-
-
-def _known_classes(program: Program) -> int | None:
-    """The number of classes when it is given, or when the default cross-entropy reads ``(N, C)`` logits.
-
-    SupCon itself needs no class count; knowing it lets stage 0 reject an out-of-range target before it
-    steps, instead of the last stage failing after the earlier ones have updated.
-    """
-    if program.num_classes is not None:
-        return program.num_classes
-    if program.loss_fn is not default_task_loss:
-        return None
-    logits = logits_of(program.output_value())
-    return int(logits.shape[1]) if logits is not None and logits.dim() == 2 else None
-
-
-register_method(
-    Method(
-        "scl",
-        (detach_boundaries, attach_supcon, attach_task_loss),
-        SupConOptions,
-        "supervised contrastive projection heads per stage (Delog-SCL / SCPL)",
+def make_supcon(info: StageInfo) -> SupConObjective:
+    """Stage ``info.index``'s projection head ``g_l`` and supervised contrastive loss."""
+    options = info.options
+    return SupConObjective(
+        info.pool,
+        make_projector(options.head, info.pooled_dim, options.head_dims),
+        temperature=float(options.temperature),
+        variant=options.supcon_variant,
+        reduction=options.supcon_reduction,
+        num_classes=info.num_classes,  # when known, targets are range-checked before any stage steps
+        contrast=options.contrast,
     )
+
+
+SCL = register_method(
+    "scl",
+    make_supcon,
+    options=SupConOptions,
+    summary="supervised contrastive projection heads per stage (Delog-SCL / SCPL)",
 )
