@@ -28,7 +28,7 @@ from .errors import (
     TiedParameterError,
     TraceError,
 )
-from .frontend.tracer import TracerFallbackWarning
+from .frontend.fallbacks import StaticSizesWarning, TracerFallbackWarning
 from .model import DecoupledModel
 from .objectives.losses import supcon_loss
 from .param_counts import ParamCounts
@@ -59,6 +59,7 @@ __all__ = [
     "LaunchError",
     "export_source",
     "TracerFallbackWarning",
+    "StaticSizesWarning",
     "__version__",
 ]
 
