@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import operator
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -53,10 +54,9 @@ _VALUE_OPS = ("placeholder", "call_function", "call_module", "call_method")
 #: prefix torch.export puts before module paths in ``nn_module_stack`` keys
 _SCOPE_PREFIXES = ("L__self___", "L__self__")
 
-#: what torch.export's errors say when the dynamic sizes, not the model, are the problem
-_SHAPE_FAILURES = (
-    "cannot be solved", "Constraints violated", "constraint", "guard", "Dim.", "dynamic", "specializ", "symbolic",
-)  # fmt: skip
+#: what torch.export's errors say when the dynamic sizes, not the model, are the problem (sizes
+#: named ``s0``, ``s77``; guards and constraints on them)
+_SHAPE_FAILURE = re.compile(r"\bs\d+\b|cannot be solved|[Cc]onstraint|guard|Dim\.|dynamic|specializ|symbolic")
 
 
 def trace_export(
@@ -122,27 +122,35 @@ def _dynamic_dims(value: Any) -> Any:
 
 
 def _export(model: nn.Module, named: dict[str, Any]) -> Any:
-    """Export with every input size dynamic; when a shape guard defeats that, again at the example's sizes."""
-    dynamic = {name: _dynamic_dims(value) for name, value in named.items()}
+    """Export with every input size dynamic. When a shape guard defeats that, again with only the batch
+    dimension dynamic, then at the example's sizes (a warning says which; sizes are checked on entry)."""
     try:
-        return _run_export(model, named, dynamic)
+        return _run_export(model, named, {name: _dynamic_dims(value) for name, value in named.items()})
     except Exception as exc:  # export raises many types: UserError, RuntimeError, GuardOnDataDependent...
         failure = exc
-    if not any(marker in str(failure) for marker in _SHAPE_FAILURES):
+    if not _SHAPE_FAILURE.search(str(failure)):
         raise TraceError(_describe_failure(model, failure)) from failure
-    try:
-        exported = _run_export(model, named, None)
-    except Exception:
-        raise TraceError(_describe_failure(model, failure)) from failure
-    first = str(failure).strip().splitlines()[0][:200] if str(failure).strip() else type(failure).__name__
-    sizes = ", ".join(f"{name} {tuple(v.shape)}" for name, v in named.items() if isinstance(v, torch.Tensor))
-    warnings.warn(
-        f"torch.export could not keep every input size of {type(model).__name__} dynamic ({first}); exported it "
-        f"at the example's sizes ({sizes}), so inputs must have exactly those sizes (checked on entry)",
-        StaticSizesWarning,
-        stacklevel=2,
-    )
-    return exported
+    first = str(failure).strip().splitlines()[0][:200]
+    for dims, kept in ((_batch_dims, "only the batch size dynamic"), (lambda value: None, "the example's sizes")):
+        try:
+            exported = _run_export(model, named, {name: dims(value) for name, value in named.items()})
+        except Exception:
+            continue
+        sizes = ", ".join(f"{name} {tuple(v.shape)}" for name, v in named.items() if isinstance(v, torch.Tensor))
+        warnings.warn(
+            f"torch.export could not keep every input size of {type(model).__name__} dynamic ({first}); exported it "
+            f"with {kept} ({sizes}): inputs must have those sizes (checked on entry)",
+            StaticSizesWarning,
+            stacklevel=2,
+        )
+        return exported
+    raise TraceError(_describe_failure(model, failure)) from failure
+
+
+def _batch_dims(value: Any) -> Any:
+    """``Dim.AUTO`` for the first dimension of every tensor in ``value``; ``None`` for other leaves."""
+    auto = torch.export.Dim.AUTO
+    return pytree.tree_map(lambda x: {0: auto} if isinstance(x, torch.Tensor) and x.dim() else None, value)
 
 
 def _run_export(model: nn.Module, named: dict[str, Any], dynamic: Any) -> Any:

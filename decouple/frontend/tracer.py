@@ -2,8 +2,8 @@
 
 ``tracer="auto"`` tries fx first (fast, keeps Python-level module calls). When fx fails inside a
 submodule, it traces again with that module's class as a leaf module (the module runs as one call,
-its parameters stay in one stage), as long as that class holds at most half of the model's
-parameters; when fx still fails, torch.export (non-strict) takes over. Both say so with a
+its parameters stay in one stage), unless the module is a container of blocks (a leaf would hide the
+places to split inside it); when fx still fails, torch.export (non-strict) takes over. Both say so with a
 :class:`TracerFallbackWarning`. A model is traced in train mode, and again in eval mode only when
 the first trace read some module's ``training`` flag (``mode_reads.py``): otherwise the two graphs
 are the same and one trace serves both. Two traces with the same code are merged too.
@@ -150,16 +150,15 @@ def _first_trace(
 def _leaf_to_retry(model: nn.Module, exc: TraceError, leaves: list[Any]) -> type[nn.Module] | None:
     """The class of the submodule fx failed in, when making it a leaf is worth a try.
 
-    Not when fx failed in the root's own code, when the class is a leaf already, or when its
-    instances hold more than half of the model's parameters (a leaf that big would leave few places
-    to split: torch.export keeps them).
+    Not when fx failed in the root's own code, when the class is a leaf already, or when the module
+    is a container of blocks (a child with children of its own): as a leaf it would hide the places
+    to split inside it, which torch.export keeps.
     """
     scope = getattr(exc, "scope", None)
     if scope is None or scope[1] in leaves:
         return None
     leaf = scope[1]
-    total = sum(p.numel() for p in model.parameters())
-    inside = {id(p): p.numel() for m in model.modules() if type(m) is leaf for p in m.parameters()}
-    if total and sum(inside.values()) > total / 2:
-        return None
+    for module in model.modules():
+        if type(module) is leaf and any(any(True for _ in child.children()) for child in module.children()):
+            return None
     return leaf
