@@ -28,7 +28,7 @@ from .errors import (
     TiedParameterError,
     TraceError,
 )
-from .frontend.tracer import TracerFallbackWarning
+from .frontend.fallbacks import StaticSizesWarning, TracerFallbackWarning
 from .model import DecoupledModel
 from .objectives.base import LocalObjective, LocalResult
 from .objectives.losses import supcon_loss
@@ -77,6 +77,7 @@ __all__ = [
     "export_source",
     "TracerFallbackWarning",
     "CompileFallbackWarning",
+    "StaticSizesWarning",
     "__version__",
 ]
 

@@ -143,6 +143,7 @@ def convert(
             num_classes=num_classes,
             args=args,
             kwargs=kwargs,
+            eval_trace=traces[False],
         )
         names: Sequence[str] = balanced.splits
     else:

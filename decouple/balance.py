@@ -64,9 +64,13 @@ def balance_splits(
     num_classes: int | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    eval_trace: Trace | None = None,
 ) -> Balance:
-    """Pick ``num_stages - 1`` candidate splits that balance training cost, local heads included."""
-    candidates = candidates_for_stages(tr, root, num_stages)
+    """Pick ``num_stages - 1`` candidate splits that balance training cost, local heads included.
+
+    ``eval_trace``: the eval-mode trace when it differs from ``tr`` (no two candidates may cut it at one place).
+    """
+    candidates = candidates_for_stages(tr, root, num_stages, None if eval_trace is tr else eval_trace)
     names = [c.name for c in candidates]
     device = next((p.device for p in root.parameters()), torch.device("cpu"))
     with preserved_state(root, grads=True):
@@ -148,7 +152,9 @@ def _run_once(
     costs = []
     for k, stage in enumerate(stages):
         message, carry = move_tree(message, stage.device), move_tree(carry, stage.device)
-        with meter() as fwd, nullcontext() if components else torch.no_grad():
+        # without components, nothing of the forward is measured: no meter (FlopCounterMode's module
+        # tracker fails on views of parameters made under no_grad, such as an expanded class token)
+        with meter() if components else nullcontext(_Value()) as fwd, nullcontext() if components else torch.no_grad():
             next_message, output = stage(message)
         head = 0.0
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []

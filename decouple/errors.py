@@ -7,6 +7,7 @@ names the offending value and says how to fix it. Internal invariants use ``asse
 from __future__ import annotations
 
 import difflib
+import keyword
 from collections.abc import Iterable
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RankFailedError",
     "LaunchError",
     "close_matches",
+    "attribute_code",
 ]
 
 
@@ -107,3 +109,19 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> str:
     if not matches:
         return ""
     return "; did you mean " + ", ".join(repr(m) for m in matches[:n]) + "?"
+
+
+def attribute_code(root: str, path: str) -> str:
+    """Python that reads attribute ``path`` (``"a.b.0.weight"``) of the object named ``root``, for fix texts.
+
+    ``model.a.b.weight`` when every part is a Python name, else ``model.get_submodule("a.b.0").weight``
+    (a dotted path with list indices or other names that are not identifiers is not valid Python).
+    """
+    parts = path.split(".")
+    if all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+        return f"{root}.{path}"
+    owner, attr = ".".join(parts[:-1]), parts[-1]
+    if not owner:
+        return f"getattr({root}, {attr!r})"
+    reach = f"{root}.get_submodule({owner!r})"
+    return f"{reach}.{attr}" if attr.isidentifier() and not keyword.iskeyword(attr) else f"getattr({reach}, {attr!r})"

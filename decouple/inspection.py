@@ -32,6 +32,7 @@ __all__ = [
     "describe_conversion",
     "describe_splits",
     "trace_model",
+    "trace_models",
 ]
 
 
@@ -197,7 +198,7 @@ class SplitsReport:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for c in data["candidates"]:
-            c["aliases"], c["shape"] = list(c["aliases"]), list(c["shape"])
+            c["aliases"], c["shape"], c["crossing"] = list(c["aliases"]), list(c["shape"]), list(c["crossing"])
         return data
 
 
@@ -208,19 +209,30 @@ def trace_model(
     tracer: TracerName = "auto",
     leaf_modules: Iterable[Any] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
+    modes: tuple[bool, ...] = (True,),
 ) -> Trace:
     """The training-mode trace of ``model`` with shapes and FLOPs, as ``convert`` makes it."""
+    return trace_models(
+        model, example_inputs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+        modes=modes,
+    )[True]  # fmt: skip
+
+
+def trace_models(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    tracer: TracerName = "auto",
+    leaf_modules: Iterable[Any] = (),
+    autowrap_functions: Iterable[Callable[..., Any]] = (),
+    modes: tuple[bool, ...] = (True, False),
+) -> dict[bool, Trace]:
+    """The trace of ``model`` per training mode (one object when the modes trace alike), as ``convert`` makes them."""
     args, kwargs = normalize_example_inputs(example_inputs)
-    traces = trace_modes(
-        model,
-        args,
-        kwargs,
-        tracer=tracer,
-        leaf_modules=leaf_modules,
-        autowrap_functions=autowrap_functions,
-        modes=(True,),
-    )
-    return traces[True]
+    return trace_modes(
+        model, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+        modes=modes,
+    )  # fmt: skip
 
 
 def describe_splits(
@@ -233,15 +245,22 @@ def describe_splits(
     balance: BalanceKind = "flops",
     num_classes: int | None = None,
     options: dict[str, Any] | None = None,
+    eval_trace: Trace | None = None,
 ) -> SplitsReport:
-    """Candidate split points of a traced model and, with ``stages``, the ones ``convert(..., splits=stages)`` picks."""
-    candidates = candidate_splits(tr, model)
+    """Candidate split points of a traced model and, with ``stages``, the ones ``convert(..., splits=stages)`` picks.
+
+    Single-tensor points first, then multi-tensor points (``Candidate.crossing`` names the other
+    tensors). ``eval_trace``: the eval-mode trace, as ``convert`` sees it (``trace_models``).
+    """
+    other = None if eval_trace is tr else eval_trace
+    candidates = candidate_splits(tr, model, other=other, several=True)
     report = SplitsReport(type(model).__name__, candidates)
     if stages is not None:
         chosen = resolve_method(method)
         args, kwargs = normalize_example_inputs(example_inputs)
         result = balance_splits(tr, model, stages, kind=balance, method=chosen, options=method_options(chosen, options or {}),
-                                loss_fn=default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs)  # fmt: skip
+                                loss_fn=default_task_loss, num_classes=num_classes, args=args, kwargs=kwargs,
+                                eval_trace=other)  # fmt: skip
         report.stages, report.suggested, report.stage_shares = stages, result.splits, result.shares
         report.method, report.balance = chosen.name, balance
     return report

@@ -213,3 +213,52 @@ class ShapeCarrier(nn.Module):
         n = x.size(0)
         h = torch.relu(self.a(x))
         return self.b(h.reshape(n, -1))
+
+
+class TwoStream(nn.Module):
+    """Two branches over the same input that meet only at the head (CrossViT-style): no single tensor
+    crosses a cut inside them, so every split point inside has both streams crossing."""
+
+    def __init__(self, width: int = 8, depth: int = 3, num_classes: int = 3) -> None:
+        super().__init__()
+        self.a = nn.ModuleList(nn.Sequential(nn.Linear(width if i else 6, width), nn.ReLU()) for i in range(depth))
+        self.b = nn.ModuleList(nn.Sequential(nn.Linear(width if i else 6, width), nn.Tanh()) for i in range(depth))
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x, x
+        for block_a, block_b in zip(self.a, self.b):
+            a, b = block_a(a), block_b(b)
+        return self.head(torch.cat([a, b], dim=1))
+
+
+class ClassAttention(nn.Module):
+    """The class token attends to itself and the patch tokens; the patches pass on unchanged."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.mlp = nn.Linear(dim, dim)
+
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([cls, patches], dim=1)
+        cls = cls + self.attn(cls, tokens, tokens)[0]
+        return cls + torch.relu(self.mlp(cls))
+
+
+class ClassToken(nn.Module):
+    """Patch tokens, then class-attention blocks where the class token travels beside them (CaiT-style)."""
+
+    def __init__(self, dim: int = 8, blocks: int = 3, num_classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(ClassAttention(dim) for _ in range(blocks))
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(x)  # (N, T, dim)
+        cls = self.cls.expand(x.shape[0], -1, -1)
+        for block in self.blocks:
+            cls = block(cls, patches)
+        return self.head(cls[:, 0])

@@ -105,16 +105,20 @@ def test_splits_on_resnet18_lists_block_boundaries_only() -> None:
     result = run_cli("splits", *RESNET, "--stages", "4", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    names = [c["name"] for c in data["candidates"]]
+    single = [c for c in data["candidates"] if not c["crossing"]]
+    several = [c for c in data["candidates"] if c["crossing"]]
+    assert data["candidates"] == single + several  # points where several tensors cross come last, marked
+    names = [c["name"] for c in single]
     assert {"layer1", "layer2", "layer3", "layer4"} <= set(names)
     assert names.index("layer1") < names.index("layer2") < names.index("layer3") < names.index("layer4")
-    inside_a_block = [
-        n for n in names + [a for c in data["candidates"] for a in c["aliases"]] if re.match(r"layer\d\.\d\.", n)
-    ]
+    inside_a_block = [n for n in names + [a for c in single for a in c["aliases"]] if re.match(r"layer\d\.\d\.", n)]
     assert not inside_a_block
+    assert several and all(re.match(r"layer\d\.\d\.", c["name"]) for c in several)  # the residual crosses beside
+    assert set(data["suggested"]) <= set(names)  # four stages need no multi-tensor point
     for key in ("params_share", "flops_share"):
-        shares = [c[key] for c in data["candidates"]]
-        assert shares == sorted(shares) and shares[0] >= 0 and shares[-1] <= 1
+        for kind in (single, several):  # each kind in forward order
+            shares = [c[key] for c in kind]
+            assert shares == sorted(shares) and shares[0] >= 0 and shares[-1] <= 1
     assert data["suggested"] == ["layer1", "layer2", "layer3"]
     assert abs(sum(data["stage_shares"]) - 1.0) < 1e-9
 

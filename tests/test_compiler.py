@@ -160,13 +160,17 @@ def test_copy_model_false_trains_the_users_parameters_in_place() -> None:
 
 
 @pytest.mark.parametrize("pool", ["flatten", "avg", "auto"])
-def test_pool_options_size_the_head(pool: str) -> None:
+@pytest.mark.parametrize("crossing", ["all", "main"])
+def test_pool_options_size_the_head(pool: str, crossing: str) -> None:
+    """The long skip crosses the cut beside blocks.0: with crossing="all" the head pools both tensors."""
     model = ResCNN(channels=4, blocks=2)
     x = torch.randn(2, 3, 8, 8)
-    dm = decouple.convert(model, splits=["blocks.0"], example_inputs=(x,), pool=pool, head="linear", head_dims=(7,))
+    dm = decouple.convert(
+        model, splits=["blocks.0"], example_inputs=(x,), pool=pool, head="linear", head_dims=(7,), crossing=crossing
+    )
     linear = dm.stages[0].objective.projector
     expected = {"flatten": 4 * 8 * 8, "avg": 4 * 4 * 4, "auto": 4 * 4 * 4}[pool]
-    assert linear.in_features == expected
+    assert linear.in_features == expected * (2 if crossing == "all" else 1)
 
 
 def test_default_pool_makes_heads_resolution_independent() -> None:

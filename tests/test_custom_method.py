@@ -275,12 +275,32 @@ def test_a_head_that_reads_a_feature_map_gets_its_shape() -> None:
         return Probe(info.pool, info.pooled_dim, info.require_classes(), 0.0)
 
     x = torch.randn(4, 3, 8, 8)
-    decouple.convert(ResCNN(channels=4, blocks=2, num_classes=3), method=make, splits=["blocks.0"], example_inputs=(x,))
+    model = ResCNN(channels=4, blocks=2, num_classes=3, long_skip=False)
+    decouple.convert(model, method=make, splits=["blocks.0"], example_inputs=(x,))
     (info,) = seen
     assert info.index == 0 and info.num_stages == 2 and not info.last and info.feature_map
     assert tuple(info.example.shape) == (4, 4, 8, 8) and info.num_classes == 3 and info.mask is None
     assert list(info.inputs) == ["x"] and tuple(info.inputs["x"].shape) == (4, 3, 8, 8)
     assert info.pooled_dim == 4 * 4 * 4 and info.previous == () and info.method == "make"
+
+
+def test_a_head_at_a_multi_tensor_cut_reads_every_crossing_tensor_or_the_main_one() -> None:
+    seen: list[StageInfo] = []
+
+    def make(info: StageInfo) -> Probe:
+        seen.append(info)
+        return Probe(info.pool, info.pooled_dim, info.require_classes(), 0.0)
+
+    x = torch.randn(4, 3, 8, 8)
+    model = ResCNN(channels=4, blocks=2, num_classes=3)  # the long skip crosses the cut beside blocks.0's output
+    dm = decouple.convert(model, method=make, splits=["blocks.0"], example_inputs=(x,))
+    every = seen.pop()
+    assert isinstance(every.representation, tuple) and len(every.representation) == 2
+    assert tuple(every.example.shape) == (4, 4, 8, 8) and every.pooled_dim == 2 * 4 * 4 * 4
+    dm.train_step(x, target=torch.arange(4) % 3)
+    decouple.convert(model, method=make, splits=["blocks.0"], example_inputs=(x,), crossing="main")
+    main = seen.pop()
+    assert tuple(main.example.shape) == (4, 4, 8, 8) and main.pooled_dim == 4 * 4 * 4
 
 
 def test_the_readme_example_runs() -> None:

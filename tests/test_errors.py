@@ -189,3 +189,31 @@ def test_stage_head_must_read_a_value_its_stage_computes() -> None:
     # "relu" cuts inside `block`, so block's output (relu) belongs to stage 0, not stage 1
     with pytest.raises(SplitError, match=r"'block' ends stage 1, but its output 'relu' is computed in stage 0"):
         decouple.convert(UsesTuple(), splits=["relu", "block"], example_inputs=(torch.randn(4, 6),))
+
+
+class _SharedInList(torch.nn.Module):
+    """Layer ``blocks.1`` reuses ``blocks.0``'s weight: the fix text must name it as Python can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+        self.blocks[1].weight = self.blocks[0].weight
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks[1](torch.relu(self.blocks[0](x))))
+
+
+def test_tied_parameter_fix_is_valid_python_that_unties() -> None:
+    import ast
+    import re
+
+    model = _SharedInList()
+    with pytest.raises(TiedParameterError) as info:
+        decouple.convert(model, splits=["blocks.0"], example_inputs=(torch.randn(2, 4),))
+    fix = re.search(r"`([^`]*nn\.Parameter[^`]*)`", str(info.value))
+    assert fix is not None, str(info.value)
+    ast.parse(fix.group(1))  # model.blocks.0.weight would be a SyntaxError
+    assert "get_submodule('blocks." in fix.group(1)
+    exec(fix.group(1), {"model": model, "nn": torch.nn})  # the fix does what it says: the stages convert
+    decouple.convert(model, splits=["blocks.0"], example_inputs=(torch.randn(2, 4),))

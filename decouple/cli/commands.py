@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..inspection import describe_conversion, describe_splits, trace_model
+from ..inspection import describe_conversion, describe_splits, trace_models
 from ..passes.registry import parse_options
 from ..runtime.state import MODEL_FORMATS
 from ..standalone import export_source
@@ -71,9 +71,10 @@ def _splits_arguments(parser: argparse.ArgumentParser) -> None:
 def run_splits(args: argparse.Namespace) -> int:
     model = build(args)
     x = example_input(args)
-    tr = trace_model(model, (x,), tracer=args.tracer, leaf_modules=args.leaf_module)
-    report = describe_splits(model, tr, args.stages, example_inputs=(x,), method=method_from_args(args), balance=args.balance,
-                             num_classes=args.num_classes, options=parse_options(args.option))  # fmt: skip
+    traces = trace_models(model, (x,), tracer=args.tracer, leaf_modules=args.leaf_module)
+    report = describe_splits(model, traces[True], args.stages, example_inputs=(x,), method=method_from_args(args),
+                             balance=args.balance, num_classes=args.num_classes, options=parse_options(args.option),
+                             eval_trace=traces[False])  # fmt: skip
     if args.json:
         print_json({"model_spec": args.model, "input_shape": list(x.shape), **report.as_dict()})
         return 0

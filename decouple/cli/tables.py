@@ -92,7 +92,14 @@ def conversion_tables(report: ConversionReport) -> list[Any]:
 
 def splits_tables(report: SplitsReport) -> list[Any]:
     """The candidate table of ``decouple splits`` and, for ``--stages``, the suggested set."""
-    table = _table(f"{report.model} · {len(report.candidates)} candidate split points (one tensor crosses each)")
+    several = sum(1 for c in report.candidates if c.crossing)
+    single = len(report.candidates) - several
+    kinds = (
+        f"one tensor crosses {single}; several cross the {several} listed after them"
+        if several
+        else "one tensor crosses each"
+    )
+    table = _table(f"{report.model} · {len(report.candidates)} candidate split points ({kinds})")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("split after", overflow="fold")
     table.add_column("crossing tensor", no_wrap=True)
@@ -102,7 +109,8 @@ def splits_tables(report: SplitsReport) -> list[Any]:
     for i, c in enumerate(report.candidates):
         name = c.name + (f" (= {', '.join(c.aliases)})" if c.aliases else "")
         style = "bold" if c.name in suggested else None
-        table.add_row(str(i), name, str(c.shape), percent(c.params_share), percent(c.flops_share), style=style)
+        crossing = str(c.shape) + (f" + several: {', '.join(c.crossing)}" if c.crossing else "")
+        table.add_row(str(i), name, crossing, percent(c.params_share), percent(c.flops_share), style=style)
     out: list[Any] = [table]
     if report.suggested is not None and report.stage_shares is not None:
         shares = ", ".join(percent(s) for s in report.stage_shares)
@@ -112,7 +120,7 @@ def splits_tables(report: SplitsReport) -> list[Any]:
         )
         out.append(f"{report.balance} share per stage: {shares}")
     if not report.candidates:
-        out.append("no module call leaves exactly one tensor crossing; give fx node names to --splits instead")
+        out.append("no module call leaves one tensor, or a few, crossing; give fx node names to --splits instead")
     return out
 
 

@@ -91,8 +91,7 @@ class EarlyExitModel(nn.Module):
                 self.counts[k] += len(pending)
                 break
             nxt = {n: produced[n] if n in produced else message[n] for n in io.message_out}
-            assert io.representation is not None, "a stage before the last has a representation"
-            rep = nxt[io.representation] if io.representation in nxt else message[io.representation]
+            rep = io.head_input(message, nxt)
             kw = {a: nxt.get(b, message.get(b)) for a, b in self.extras[k].items()}
             logits = self.exits[k](rep, **kw) if kw else self.exits[k](rep)
             confident = torch.softmax(logits.float(), dim=1).amax(dim=1) >= self.threshold

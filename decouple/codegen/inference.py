@@ -58,9 +58,11 @@ def build_inference_module(program: Program, stages: list[Stage], exit: int | No
         assert stop == num, "an early exit needs an inference tail"
         graph.output(fx.node.map_arg(part.trace.output_node().args[0], lambda a: env[a.name]))
     else:
-        rep = part.stages[stop - 1].representation
-        assert rep is not None, "an inference tail reads the representation of a stage before the last"
-        value = env[rep]
+        plan = part.stages[stop - 1]
+        assert plan.representation is not None, "an inference tail reads the representation of a stage before the last"
+        value: fx.node.Argument = env[plan.representation]
+        if plan.crossing:  # a multi-tensor cut: the head reads every crossing tensor
+            value = tuple(env[name] for name in [plan.representation, *plan.crossing])
         for i, (name, module) in enumerate(tail.modules):
             kwargs: dict[str, fx.node.Argument] = {k: env[v] for k, v in tail.extras.items()} if i == 0 else {}
             value = graph.call_module(name, (value,), kwargs)

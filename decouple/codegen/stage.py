@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..objectives.base import LocalObjective, LocalResult
+from ..tree import detach_tree
 
 __all__ = ["Stage", "StageIO", "StageResult", "StageList"]
 
@@ -30,6 +31,8 @@ class StageIO:
     ``inputs``: message values its module reads, in argument order. ``outputs``: values its
     module returns (a dict), all in ``message_out``. ``message_out``: the message it hands on
     (its outputs plus values carried through it). ``shapes``: example shape per value name.
+    ``crossing``: at a multi-tensor cut, the other message values its head reads beside the
+    representation (the stage's output is then the tuple of them all).
     """
 
     inputs: list[str]
@@ -38,6 +41,18 @@ class StageIO:
     representation: str | None
     last: bool
     shapes: dict[str, Any] = field(default_factory=dict)
+    crossing: list[str] = field(default_factory=list)
+
+    def head_input(self, message: dict[str, Any], produced: dict[str, Any]) -> Any:
+        """What the local head reads: the representation, or at a multi-tensor cut ``(representation,
+        *crossing)``; values the stage did not produce are detached (no gradient reaches another stage)."""
+        assert self.representation is not None, "a stage before the last has a representation"
+        if not self.crossing:
+            return produced[self.representation] if self.representation in produced else message[self.representation]
+        return tuple(
+            produced[name] if name in produced else detach_tree(message[name])
+            for name in [self.representation, *self.crossing]
+        )
 
 
 @dataclass
@@ -136,8 +151,7 @@ class Stage(nn.Module):
             return {}, out
         produced: dict[str, Any] = out
         next_message = {name: produced[name] if name in produced else message[name] for name in io.message_out}
-        assert io.representation is not None, "a stage before the last has a representation"
-        return next_message, produced[io.representation]  # partition guarantees the stage computes it
+        return next_message, io.head_input(message, produced)  # partition: the stage computes the representation
 
     def objective_kwargs(self, message: dict[str, Any], next_message: dict[str, Any]) -> dict[str, Any]:
         """Extra inputs of the objective (e.g. an attention mask) looked up in the messages."""

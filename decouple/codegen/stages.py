@@ -111,7 +111,9 @@ def _stage_io(program: Program, spec: StageSpec, training: bool) -> StageIO:
     last = plan.index == part.num_stages - 1
     message_out = [] if last else list(part.boundaries[plan.index])
     shapes = {name: describe_value(nodes[name].meta.get("val")) for name in [*plan.inputs, *message_out]}
-    return StageIO(list(plan.inputs), list(plan.outputs), message_out, plan.representation, last, shapes)
+    return StageIO(
+        list(plan.inputs), list(plan.outputs), message_out, plan.representation, last, shapes, list(plan.crossing)
+    )
 
 
 def build_stages(program: Program) -> list[Stage]:

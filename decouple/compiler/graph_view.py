@@ -9,6 +9,9 @@ that ran them (from ``nn_module_stack``); :func:`parameters_read` lists the para
 
 from __future__ import annotations
 
+import functools
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +69,70 @@ class GraphView:
         out = {u for u, v in self.digraph.edges if self.by_name[u].op != "get_attr" and stage_of[u] <= k < stage_of[v]}
         return sorted(out, key=self.position.__getitem__)
 
+    def activations(self) -> set[str]:
+        """Values that carry the inputs forward: input-dependent, not side values, not attributes or the output."""
+        return {
+            name
+            for name in self.input_dependent() - self.side_values()
+            if self.by_name[name].op not in ("get_attr", "output")
+        }
+
+    def live_at(self, cuts: list[int], values: set[str], limit: int) -> dict[int, list[str] | None]:
+        """For each cut position (a cut falls after it), the ``values`` defined at or before it and read
+        after it; ``None`` where more than ``limit`` are."""
+        spans = []
+        for name in values:
+            users = [self.position[u.name] for u in self.by_name[name].users]
+            if users:
+                spans.append((self.position[name], max(users), name))
+        spans.sort()
+        live: list[tuple[int, str]] = []  # a heap of (last reader, name)
+        result: dict[int, list[str] | None] = {}
+        i = 0
+        for cut in sorted(cuts):
+            while i < len(spans) and spans[i][0] <= cut:
+                heapq.heappush(live, (spans[i][1], spans[i][2]))
+                i += 1
+            while live and live[0][0] <= cut:
+                heapq.heappop(live)
+            result[cut] = [name for _, name in live] if len(live) <= limit else None
+        return result
+
+    @functools.cached_property
+    def batch_size(self) -> int | None:
+        """The example batch size: the leading dimension of the first tensor input."""
+        for n in self.nodes:
+            value = n.meta.get("val") if n.op == "placeholder" else None
+            leaves = tensor_leaves(value)
+            if leaves and leaves[0].dim():
+                return int(leaves[0].shape[0])
+        return None
+
+    def per_sample(self, name: str) -> bool:
+        """Whether node ``name`` holds a floating-point tensor with one row per sample (the batch first)."""
+        value = self.by_name[name].meta.get("val")
+        batch = self.batch_size
+        return (
+            isinstance(value, torch.Tensor)
+            and (value.is_floating_point() or value.is_complex())
+            and value.dim() > 0
+            and batch is not None
+            and int(value.shape[0]) == batch
+        )
+
+    def beside(self, rep: str, crossing: Iterable[str], activations: set[str]) -> list[str] | None:
+        """The per-sample tensors crossing a cut beside ``rep``, in graph order (floating-point activations
+        with the batch first). ``None`` when a crossing activation is no tensor."""
+        result = []
+        for name in crossing:
+            if name == rep or name not in activations:
+                continue
+            if not isinstance(self.by_name[name].meta.get("val"), torch.Tensor):
+                return None
+            if self.per_sample(name):
+                result.append(name)
+        return sorted(result, key=self.position.__getitem__)
+
     def side_values(self) -> set[str]:
         """Values that are not activations: sizes and devices, and what is computed without parameters
         from inputs that hold no floating-point tensor.
@@ -89,31 +156,6 @@ class GraphView:
             ):
                 side.add(n.name)
         return side
-
-    def output_dominators(self) -> list[str]:
-        """Nodes every path from the inputs to the output passes through, in graph order.
-
-        These are the single-value cut points of the dataflow graph; side values (masks, position
-        ids, shapes: see :meth:`side_values`) may cross beside them.
-        """
-        source = "__decouple_source__"
-        g = self.digraph.subgraph(self.input_dependent() - self.side_values()).copy()
-        entries = [n for n in g if g.in_degree(n) == 0]
-        g.add_node(source)
-        g.add_edges_from((source, n) for n in entries)
-        output = next(n.name for n in reversed(self.nodes) if n.op == "output")
-        if output not in g:
-            return []
-        idom = nx.immediate_dominators(g, source)
-        chain = []
-        v = idom.get(output)
-        while v is not None and v != source:
-            chain.append(v)
-            nxt = idom.get(v)
-            if nxt == v:
-                break
-            v = nxt
-        return sorted(chain, key=self.position.__getitem__)
 
 
 _UNKNOWN = object()

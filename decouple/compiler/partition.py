@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import SplitError, TiedParameterError
+from ..errors import SplitError, TiedParameterError, attribute_code
 from ..frontend.trace import Trace
 from ..tree import tensor_leaves
 from .graph_view import GraphView, ModuleCall, module_calls, parameters_read
@@ -36,6 +36,8 @@ class StagePlan:
     ``nodes``: graph nodes it runs, in graph order (``get_attr`` nodes it reads included).
     ``inputs``: message values it reads; ``outputs``: values it produces that later stages read.
     ``representation``: the value its local head reads (``None`` for the last stage).
+    ``crossing``: the other per-sample tensors crossing the cut after it, which its local head
+    reads beside the representation (a multi-tensor cut; passes may clear it).
     """
 
     index: int
@@ -45,6 +47,7 @@ class StagePlan:
     representation: str | None
     split: SplitPoint | None
     modules: list[str] = field(default_factory=list)  # top-level module scopes it covers, in order
+    crossing: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         ends = f", ends at {self.split.spec!r}" if self.split else ""
@@ -123,6 +126,7 @@ def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition
     boundaries = [view.crossing(stage_of, k) for k in range(num_stages - 1)]
     inputs = [n.name for n in nodes if n.op == "placeholder"]
     calls = module_calls(tr.graph)
+    activations = view.activations()
 
     stages: list[StagePlan] = []
     for k in range(num_stages):
@@ -143,6 +147,7 @@ def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition
                 representation=split.representation if split else None,
                 split=split,
                 modules=_top_modules(view, stage_nodes[k], calls),
+                crossing=(view.beside(split.representation, boundaries[k], activations) or []) if split else [],
             )
         )
 
@@ -150,6 +155,16 @@ def partition(tr: Trace, splits: list[SplitPoint], root: nn.Module) -> Partition
     _verify_representations(result, view)
     _verify_parameter_ownership(result, view, root, dependent)
     return result
+
+
+def _untie(name: str) -> str:
+    """Python that gives parameter ``name`` of ``model`` its own copy (valid for any dotted name)."""
+    code = attribute_code("model", name)
+    if code.startswith("getattr("):  # a name Python cannot assign with a dot: setattr on its owner
+        owner, _, attr = name.rpartition(".")
+        holder = f"model.get_submodule({owner!r})" if owner else "model"
+        return f"setattr({holder}, {attr!r}, nn.Parameter({code}.detach().clone()))"
+    return f"{code} = nn.Parameter({code}.detach().clone())"
 
 
 def _empty_stage_message(k: int, splits: list[SplitPoint], num_stages: int) -> str:
@@ -233,7 +248,7 @@ def _verify_parameter_ownership(p: Partition, view: GraphView, root: nn.Module, 
                 f"parameter {aliases[0]!r}{also} is used by more than one stage: {where}. "
                 "A stage owns its parameters, and tied weights cannot cross a cut. Fix: move the splits so every "
                 "use falls in one stage, or untie the weights before convert(), e.g. "
-                f"`model.{aliases[-1]} = nn.Parameter(model.{aliases[-1]}.detach().clone())`"
+                f"`{_untie(aliases[-1])}`"
             )
     param_nodes = {n.name for n in view.nodes if n.op in ("get_attr", "call_module") and parameters_read(n, root)}
     for _k, crossing in enumerate(p.boundaries):

@@ -83,11 +83,15 @@ class Program:
         return self.partitions[training].trace.node(name)
 
     def representation_value(self, k: int) -> Any:
-        """The example value (fake tensor) of stage ``k``'s representation, from the train trace."""
+        """The example value (meta or fake tensor) of stage ``k``'s representation, from the train trace;
+        a tuple ``(representation, *crossing)`` at a multi-tensor cut."""
         plan = self.stages[k].plans[True]
         if plan.representation is None:
             raise ValueError(f"stage {k} has no representation (it is the last stage)")
-        return self.node(True, plan.representation).meta.get("val")
+        value = self.node(True, plan.representation).meta.get("val")
+        if not plan.crossing:
+            return value
+        return (value, *[self.node(True, name).meta.get("val") for name in plan.crossing])
 
     def output_value(self) -> Any:
         """The example value of the model's output in the train trace."""

@@ -16,14 +16,16 @@ normalised so partition, passes and codegen see what the fx frontend produces:
   pins it), so batch size and sequence length may differ from the example inputs; dimensions the
   model pins (an image size, an LSTM's sequence length) are checked on entry (``pinned_dims.py``).
 
-Export bakes ``self.training`` into the graph (``aten.dropout(x, p, train)``,
-``aten.batch_norm(..., training, ...)``), so like fx the model is traced once per mode.
+Export bakes ``self.training`` into the graph (``aten.dropout(x, p, train)``, ``aten.batch_norm(..., training,
+...)``), so like fx the model is traced once per mode when some module reads its mode (``mode_reads.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -35,7 +37,9 @@ from torch import nn
 
 from ..errors import InputError, TraceError
 from .attributes import attribute, has_attribute
+from .fallbacks import StaticSizesWarning
 from .inputs import InputSpec
+from .mode_reads import recording_mode_reads
 from .pinned_dims import guard_fixed_dims, traced_leaves
 from .trace import Trace
 
@@ -50,6 +54,9 @@ _VALUE_OPS = ("placeholder", "call_function", "call_module", "call_method")
 #: prefix torch.export puts before module paths in ``nn_module_stack`` keys
 _SCOPE_PREFIXES = ("L__self___", "L__self__")
 
+#: what torch.export's errors say when the dynamic sizes, not the model, are the problem (``s0``, guards)
+_SHAPE_FAILURE = re.compile(r"\bs\d+\b|cannot be solved|[Cc]onstraint|guard|Dim\.|dynamic|specializ|symbolic")
+
 
 def trace_export(
     model: nn.Module,
@@ -58,10 +65,15 @@ def trace_export(
     *,
     inputs: InputSpec,
     training: bool,
+    known_pins: dict[Any, list[str]] | None = None,
 ) -> Trace:
-    """Trace ``model`` (already in the wanted training mode) with ``torch.export`` and normalise the graph."""
+    """Trace ``model`` (already in the wanted training mode) with ``torch.export`` and normalise the graph.
+
+    ``known_pins`` carries the pinned-size probes' answers from one training mode to the other.
+    """
     named = _named_inputs(inputs, args, kwargs)
-    exported = _export(model, named)
+    with recording_mode_reads(model) as readers:
+        exported = _export(model, named)
     gm = exported.module()
     graph = gm.graph
     in_spec, out_spec = gm._in_spec, gm._out_spec
@@ -73,12 +85,12 @@ def trace_export(
     _relative_devices(graph)
     _rebuild_output(graph, out_spec, model)
     graph._codegen = fx.graph.CodeGen()
+    result = fx.GraphModule(model, graph, type(model).__name__)  # owns the graph: lint checks its attributes
     graph.eliminate_dead_code()
     graph.lint()
-    result = fx.GraphModule(model, graph, type(model).__name__)
-    guard_fixed_dims(result, inputs, named, traced)
+    guard_fixed_dims(result, inputs, named, traced, known_pins)
     result.recompile()
-    return Trace(result, training, inputs, "export")
+    return Trace(result, training, inputs, "export", mode_readers=set(readers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,14 +121,56 @@ def _dynamic_dims(value: Any) -> Any:
 
 
 def _export(model: nn.Module, named: dict[str, Any]) -> Any:
-    dynamic = {name: _dynamic_dims(value) for name, value in named.items()}
+    """Export with every input size dynamic. When a shape guard defeats that, again with only the batch
+    dimension dynamic, then at the example's sizes (a warning says which; sizes are checked on entry)."""
     try:
-        with warnings.catch_warnings():
-            # nn.LSTM caches ``_flat_weights`` as plain attributes; export warns about them
-            warnings.filterwarnings("ignore", message=".*were assigned during export.*")
-            return torch.export.export(model, (), named, strict=False, dynamic_shapes=dynamic)
+        return _run_export(model, named, {name: _dynamic_dims(value) for name, value in named.items()})
     except Exception as exc:  # export raises many types: UserError, RuntimeError, GuardOnDataDependent...
-        raise TraceError(_describe_failure(model, exc)) from exc
+        failure = exc
+    if not _SHAPE_FAILURE.search(str(failure)):
+        raise TraceError(_describe_failure(model, failure)) from failure
+    first = str(failure).strip().splitlines()[0][:200]
+    for dims, kept in ((_batch_dims, "only the batch size dynamic"), (lambda value: None, "the example's sizes")):
+        try:
+            exported = _run_export(model, named, {name: dims(value) for name, value in named.items()})
+        except Exception:
+            continue
+        sizes = ", ".join(f"{name} {tuple(v.shape)}" for name, v in named.items() if isinstance(v, torch.Tensor))
+        warnings.warn(
+            f"torch.export could not keep every input size of {type(model).__name__} dynamic ({first}); exported it "
+            f"with {kept} ({sizes}): inputs must have those sizes (checked on entry)",
+            StaticSizesWarning,
+            stacklevel=2,
+        )
+        return exported
+    raise TraceError(_describe_failure(model, failure)) from failure
+
+
+def _batch_dims(value: Any) -> Any:
+    """``Dim.AUTO`` for the first dimension of every tensor in ``value``; ``None`` for other leaves."""
+    auto = torch.export.Dim.AUTO
+    return pytree.tree_map(lambda x: {0: auto} if isinstance(x, torch.Tensor) and x.dim() else None, value)
+
+
+def _run_export(model: nn.Module, named: dict[str, Any], dynamic: Any) -> Any:
+    with warnings.catch_warnings(), _no_stack_traces():
+        # nn.LSTM caches ``_flat_weights`` as plain attributes; export warns about them
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        return torch.export.export(model, (), named, strict=False, dynamic_shapes=dynamic)
+
+
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    """Export without recording a Python stack trace per node (a fifth of export's time; unused here)."""
+    config = torch.fx.config
+    old = getattr(config, "do_not_emit_stack_traces", None)
+    if old is not None:
+        config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        if old is not None:
+            config.do_not_emit_stack_traces = old
 
 
 def _describe_failure(model: nn.Module, exc: Exception) -> str:
@@ -240,11 +294,11 @@ def _normalise_scopes(graph: fx.Graph, model: nn.Module) -> None:
         scopes: dict[str, tuple[str, Any]] = {}
         for key, value in stack.items():
             qualname = value[0] if isinstance(value, tuple) else str(value)
-            if not qualname:
-                continue  # the root module
+            if not qualname or qualname not in types:
+                continue  # the root module, or a pseudo-module of export's metadata hooks
             _, at, count = _strip_prefix(key).rpartition("@")
             scope = f"{qualname}@{count}" if at and count.isdigit() else qualname
-            scopes[scope] = (qualname, types.get(qualname, value[1] if isinstance(value, tuple) else None))
+            scopes[scope] = (qualname, types[qualname])
         node.meta["nn_module_stack"] = scopes
 
 

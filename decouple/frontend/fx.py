@@ -21,10 +21,20 @@ from torch import nn
 
 from ..errors import ConfigError, TraceError
 from .inputs import InputSpec
+from .mode_reads import original_class, recording_mode_reads
 from .preserve import restore_buffers, save_buffers
 from .trace import Trace
 
-__all__ = ["trace_fx"]
+__all__ = ["trace_fx", "FxTraceError"]
+
+
+class FxTraceError(TraceError):
+    """torch.fx failed; ``scope`` is the innermost module being traced then (qualified name, class), if any."""
+
+    def __init__(self, message: str, scope: tuple[str, type[nn.Module]] | None) -> None:
+        super().__init__(message)
+        self.scope = scope
+
 
 _GUARD_TARGETS = {"_assert_is_none", "_assert", "eq"}
 
@@ -84,15 +94,17 @@ def trace_fx(
     concrete = dict(inputs.specialized) or None
     tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=True)
     try:
-        graph = tracer.trace(model, concrete_args=concrete)
+        with recording_mode_reads(model) as readers:
+            graph = tracer.trace(model, concrete_args=concrete)
     except Exception as proxied:  # fx raises many types: TraceError, TypeError, AttributeError, ...
         tracer = _ScopeTracer(leaf_modules, autowrap_functions, proxy_buffers=False)
         saved = save_buffers(model)
         try:
-            graph = tracer.trace(model, concrete_args=concrete)
+            with recording_mode_reads(model) as readers:
+                graph = tracer.trace(model, concrete_args=concrete)
         except Exception as exc:
-            scope = next(reversed(tracer.module_stack.values()), None) if tracer.module_stack else None
-            raise TraceError(_describe_trace_failure(model, exc, scope)) from exc
+            scope = _failing_scope(tracer)
+            raise FxTraceError(_describe_trace_failure(model, exc, scope), scope) from exc
         finally:
             changed = restore_buffers(model, saved)
         if changed:
@@ -109,7 +121,15 @@ def trace_fx(
         if node.op == "placeholder" and node.target in inputs.names:
             inputs.placeholders[node.target] = node.name
     gm.recompile()
-    return Trace(gm, training, inputs, "fx", tracer.module_outputs)
+    return Trace(gm, training, inputs, "fx", tracer.module_outputs, mode_readers=set(readers))
+
+
+def _failing_scope(tracer: _ScopeTracer) -> tuple[str, type[nn.Module]] | None:
+    """The innermost non-root module fx was tracing when it failed."""
+    for qualname, typ in reversed(tracer.module_stack.values()):
+        if qualname and isinstance(typ, type) and issubclass(typ, nn.Module):
+            return qualname, original_class(typ)
+    return None
 
 
 def _drop_specialization_guards(gm: fx.GraphModule, inputs: InputSpec) -> None:

@@ -21,6 +21,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from ..errors import InputError
 from .inputs import InputSpec
+from .meta_run import run_on_meta
 from .preserve import preserved_state
 
 __all__ = ["traced_leaves", "guard_fixed_dims", "check_input_shape"]
@@ -40,14 +41,19 @@ def traced_leaves(graph: fx.Graph, named: dict[str, Any]) -> dict[str, list[Any]
 
 
 def guard_fixed_dims(
-    gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], traced: dict[str, list[Any]]
+    gm: fx.GraphModule,
+    inputs: InputSpec,
+    named: dict[str, Any],
+    traced: dict[str, list[Any]],
+    known: dict[Any, list[str]] | None = None,
 ) -> None:
     """Check on entry the input dimensions the graph only supports at their example size.
 
     These are the dimensions export kept static, plus those it marked dynamic but that an op
     specialised anyway (``aten.lstm`` fixes the sequence length): fake runs with dynamic sizes
     changed find them. This replaces the ``_guards_fn`` call that was removed. Arguments that
-    hold several tensors are probed but not checked.
+    hold several tensors are probed but not checked. ``known`` holds earlier answers by the layout
+    of dynamic sizes (the other training mode's graph): a layout seen before is not probed again.
     """
     symbols: dict[str, list[Dim]] = {}
     fixed: dict[str, list[int]] = {}
@@ -60,7 +66,14 @@ def guard_fixed_dims(
                     symbols.setdefault(str(size.node.expr), []).append((name, i, d))
                 else:
                     fixed.setdefault(name, []).append(d)
-    for symbol in _specialised_symbols(gm, inputs, named, symbols):
+    layout = tuple(sorted((symbol, tuple(dims)) for symbol, dims in symbols.items()))
+    if known is not None and layout in known:
+        specialised = known[layout]
+    else:
+        specialised = _specialised_symbols(gm, inputs, named, symbols)
+        if known is not None:
+            known[layout] = specialised
+    for symbol in specialised:
         for name, _, d in symbols[symbol]:
             fixed.setdefault(name, []).append(d)
     graph = gm.graph
@@ -88,7 +101,11 @@ def _specialised_symbols(
 def _runs(
     gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]], changed: set[str]
 ) -> bool:
-    """Whether the graph runs on fake inputs whose sizes in ``changed`` differ from the example's."""
+    """Whether the graph runs on inputs whose sizes in ``changed`` differ from the example's.
+
+    On the meta device first (cheap; a success there is an answer), then on fake tensors, which
+    run the operators that have no meta kernel.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     resized: dict[tuple[str, int], dict[int, int]] = {}
@@ -96,6 +113,12 @@ def _runs(
         for name, i, d in symbols[symbol]:
             size = int(pytree.tree_leaves(named[name])[i].shape[d])
             resized.setdefault((name, i), {})[d] = size - 1 if size >= 3 else size + 1
+    try:
+        with torch.random.fork_rng(devices=[]):
+            run_on_meta(gm, [_resized_like(named[name], resized, name) for name in inputs.names])
+        return True
+    except Exception:  # no meta kernel, data needed, or the size is pinned: fake tensors tell which
+        pass
     try:
         with _quiet(FAKE_TENSOR_LOGGER), preserved_state(gm), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             gm(*[_fake_like(mode, named[name], resized, name) for name in inputs.names])
@@ -106,16 +129,22 @@ def _runs(
 
 def _fake_like(mode: Any, value: Any, resized: dict[tuple[str, int], dict[int, int]], name: str) -> Any:
     """``value`` with every tensor replaced by a fake one, resized where ``resized`` says."""
+    return pytree.tree_map(lambda x: mode.from_tensor(x) if isinstance(x, torch.Tensor) else x,
+                           _resized_like(value, resized, name))  # fmt: skip
+
+
+def _resized_like(value: Any, resized: dict[tuple[str, int], dict[int, int]], name: str) -> Any:
+    """``value`` with every tensor replaced by an uninitialised one, resized where ``resized`` says."""
     leaves, spec = pytree.tree_flatten(value)
-    fakes = []
+    out = []
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, torch.Tensor):
             shape = list(leaf.shape)
             for d, size in resized.get((name, i), {}).items():
                 shape[d] = size
-            leaf = mode.from_tensor(leaf.new_empty(()).expand(shape).contiguous())
-        fakes.append(leaf)
-    return pytree.tree_unflatten(fakes, spec)
+            leaf = leaf.new_empty(()).expand(shape).contiguous()
+        out.append(leaf)
+    return pytree.tree_unflatten(out, spec)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,8 @@ class Trace:
 
     ``module_outputs`` maps a module-call key (``"layer1"``, ``"block@1"``) to the names of
     the nodes it returned, in return order, when the frontend could observe them.
+    ``mode_readers``: the modules whose ``training`` flag the trace read (``None``: not recorded);
+    when it is empty, the model traces to the same graph in the other mode.
     """
 
     graph_module: fx.GraphModule
@@ -33,6 +35,7 @@ class Trace:
     inputs: InputSpec
     frontend: str
     module_outputs: dict[str, list[str]] = field(default_factory=dict)
+    mode_readers: set[str] | None = None
     _index: dict[str, fx.Node] = field(default_factory=dict, init=False, repr=False, compare=False)
     _positions: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 

@@ -1,9 +1,12 @@
-"""Choosing a frontend: trace with torch.fx, fall back to torch.export, once per training mode.
+"""Choosing a frontend: trace with torch.fx, fall back to torch.export, once per training mode that can differ.
 
-``tracer="auto"`` tries fx first (fast, keeps Python-level module calls) and falls back to
-torch.export (non-strict) with a :class:`TracerFallbackWarning` when fx cannot trace the model
-(every Hugging Face model in transformers 5.x, data-dependent Python). A model is traced in train
-and in eval mode; when both graphs are the same the eval trace is dropped and one serves both.
+``tracer="auto"`` tries fx first (fast, keeps Python-level module calls). When fx fails inside a
+submodule, it traces again with that module's class as a leaf module (the module runs as one call,
+its parameters stay in one stage), unless the module is a container of blocks (a leaf would hide the
+places to split inside it); when fx still fails, torch.export (non-strict) takes over. Both say so with a
+:class:`TracerFallbackWarning`. A model is traced in train mode, and again in eval mode only when
+the first trace read some module's ``training`` flag (``mode_reads.py``): otherwise the two graphs
+are the same and one trace serves both. Two traces with the same code are merged too.
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, TraceError
+from .fallbacks import TracerFallbackWarning
 from .inputs import InputSpec
 from .preserve import training_mode
 from .propagate import propagate
 from .trace import Trace, TracerName
 
-__all__ = ["TracerFallbackWarning", "trace", "trace_modes", "TRACERS"]
+__all__ = ["TracerFallbackWarning", "trace", "trace_modes", "TRACERS", "MAX_LEAF_RETRIES"]
 
 TRACERS = ("auto", "fx", "export")
 
-
-class TracerFallbackWarning(UserWarning):
-    """``tracer="auto"``: torch.fx could not trace the model, so torch.export was used."""
+#: how many failing submodule classes ``tracer="auto"`` makes leaves of before it uses torch.export
+MAX_LEAF_RETRIES = 3
 
 
 def trace(
@@ -38,8 +41,12 @@ def trace(
     tracer: TracerName = "fx",
     leaf_modules: Iterable[Any] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
+    known_pins: dict[Any, list[str]] | None = None,
 ) -> Trace:
-    """Trace ``model`` in the given training mode with the named frontend ("fx" or "export")."""
+    """Trace ``model`` in the given training mode with the named frontend ("fx" or "export").
+
+    ``known_pins`` lets traces of several modes share the export frontend's pinned-size probes.
+    """
     inputs = InputSpec.from_example(model, args, kwargs)
     with training_mode(model, training):
         if tracer == "fx":
@@ -49,7 +56,7 @@ def trace(
         elif tracer == "export":
             from .export import trace_export
 
-            result = trace_export(model, args, kwargs, inputs=inputs, training=training)
+            result = trace_export(model, args, kwargs, inputs=inputs, training=training, known_pins=known_pins)
         else:
             raise ConfigError(f"unknown tracer {tracer!r}; use 'fx' or 'export' (or 'auto' in convert())")
     result.graph_module.train(training)
@@ -68,37 +75,90 @@ def trace_modes(
 ) -> dict[bool, Trace]:
     """Traces of ``model`` per training mode in ``modes``, propagated on the example inputs.
 
-    With ``tracer="auto"`` a failure of fx falls back to torch.export (with a warning). When the
-    train and eval graphs have the same code, the eval mode maps to the train trace.
+    With ``tracer="auto"`` a failure of fx retries fx with leaf modules, then falls back to
+    torch.export (with a warning). Modes whose graph cannot differ from the first map to its trace.
     """
     if tracer not in TRACERS:
         raise ConfigError(f"unknown tracer {tracer!r}; use one of {', '.join(repr(t) for t in TRACERS)}")
-    leaves, wrapped = list(leaf_modules), list(autowrap_functions)
-    frontend: TracerName = "fx" if tracer == "auto" else tracer
-
-    def run(training: bool) -> Trace:
-        return trace(
-            model, args, kwargs, training=training, tracer=frontend, leaf_modules=leaves, autowrap_functions=wrapped
-        )
-
-    traces: dict[bool, Trace] = {}
     first, *rest = modes
-    try:
-        traces[first] = run(first)
-    except TraceError as exc:
-        if tracer != "auto":
-            raise
-        warnings.warn(
-            f"torch.fx could not trace {type(model).__name__} ({str(exc).splitlines()[0][:160]}); "
-            "using torch.export instead (pass tracer='export' to skip this attempt)",
-            TracerFallbackWarning,
-            stacklevel=3,
-        )
-        frontend = "export"
-        traces[first] = run(first)
+    pins: dict[Any, list[str]] = {}
+    frontend, leaves, traces = _first_trace(
+        model, args, kwargs, tracer, list(leaf_modules), first, autowrap_functions, pins
+    )
     for mode in rest:
-        other = run(mode)
+        if traces[first].mode_readers == set():  # no module read its training flag: the same graph
+            traces[mode] = traces[first]
+            continue
+        other = trace(
+            model, args, kwargs, training=mode, tracer=frontend, leaf_modules=leaves,
+            autowrap_functions=autowrap_functions, known_pins=pins,
+        )  # fmt: skip
         traces[mode] = traces[first] if other.graph_module.code == traces[first].graph_module.code else other
     for tr in {id(t): t for t in traces.values()}.values():
         propagate(tr, tr.inputs.bind(args, kwargs))
     return traces
+
+
+def _first_trace(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    tracer: TracerName,
+    leaves: list[Any],
+    training: bool,
+    autowrap_functions: Iterable[Callable[..., Any]],
+    pins: dict[Any, list[str]],
+) -> tuple[TracerName, list[Any], dict[bool, Trace]]:
+    """The first mode's trace, with the frontend and leaf modules that made it (fx retries, then export)."""
+    from .fx import FxTraceError
+
+    frontend: TracerName = "fx" if tracer == "auto" else tracer
+    added: list[str] = []
+    while True:
+        try:
+            result = trace(
+                model, args, kwargs, training=training, tracer=frontend, leaf_modules=leaves,
+                autowrap_functions=autowrap_functions, known_pins=pins,
+            )  # fmt: skip
+            break
+        except TraceError as exc:
+            if tracer != "auto" or frontend == "export":
+                raise
+            leaf = _leaf_to_retry(model, exc, leaves) if len(added) < MAX_LEAF_RETRIES else None
+            if isinstance(exc, FxTraceError) and leaf is not None:
+                leaves.append(leaf)
+                added.append(f"{leaf.__name__} (failed in {exc.scope[0]!r})" if exc.scope else leaf.__name__)
+                continue
+            warnings.warn(
+                f"torch.fx could not trace {type(model).__name__} ({str(exc).splitlines()[0][:160]}); "
+                "using torch.export instead (pass tracer='export' to skip this attempt)",
+                TracerFallbackWarning,
+                stacklevel=4,
+            )
+            frontend = "export"
+    if added:
+        warnings.warn(
+            f"torch.fx could not trace into {', '.join(added)}; traced {type(model).__name__} with fx again, each "
+            "such module as a leaf (it runs as one call and its parameters stay in one stage, so no split falls "
+            "inside it). Pass leaf_modules=[...] to choose leaves yourself, or tracer='export' to trace into them",
+            TracerFallbackWarning,
+            stacklevel=4,
+        )
+    return frontend, leaves, {training: result}
+
+
+def _leaf_to_retry(model: nn.Module, exc: TraceError, leaves: list[Any]) -> type[nn.Module] | None:
+    """The class of the submodule fx failed in, when making it a leaf is worth a try.
+
+    Not when fx failed in the root's own code, when the class is a leaf already, or when the module
+    is a container of blocks (a child with children of its own): as a leaf it would hide the places
+    to split inside it, which torch.export keeps.
+    """
+    scope = getattr(exc, "scope", None)
+    if scope is None or scope[1] in leaves:
+        return None
+    leaf = scope[1]
+    for module in model.modules():
+        if type(module) is leaf and any(any(True for _ in child.children()) for child in module.children()):
+            return None
+    return leaf

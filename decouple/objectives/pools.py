@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import ConfigError
@@ -29,6 +30,7 @@ __all__ = [
     "FinalState",
     "BatchFirst",
     "FirstTensor",
+    "ConcatPool",
     "last_valid_index",
     "reads_mask",
     "make_pool",
@@ -194,6 +196,29 @@ class FirstTensor(nn.Module):
         return first_tensor(x)
 
 
+class ConcatPool(nn.Module):
+    """Pools each tensor crossing a multi-tensor cut with its own pool and concatenates the vectors.
+
+    Reads ``(main, *others)``: the split's own output first, then the other per-sample tensors that
+    cross the cut beside it. A mask goes to each pool that reads one and whose sequence it fits.
+    """
+
+    def __init__(self, pools: list[nn.Module]) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(pools)
+        self.reads_mask = any(reads_mask(p) for p in pools)
+
+    def forward(self, x: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+        parts = list(x) if isinstance(x, (tuple, list)) else [x]
+        if len(parts) != len(self.pools):
+            raise ConfigError(f"ConcatPool has {len(self.pools)} pools for {len(parts)} crossing tensors")
+        vectors = []
+        for pool, part in zip(self.pools, parts):
+            fits = mask is not None and reads_mask(pool) and tuple(mask.shape) == tuple(part.shape[:2])
+            vectors.append(pool(part, mask=mask) if fits else pool(part))
+        return torch.cat([v.flatten(1) for v in vectors], dim=1)
+
+
 class _Vector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = first_tensor(x)
@@ -265,19 +290,21 @@ def make_pool(
     return GridPool(size, spatial)
 
 
-def output_dim(module: nn.Module, example: torch.Tensor) -> int:
+def output_dim(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """The feature size ``module`` produces for a representation shaped like ``example``.
 
-    Runs on the meta device: no data, no compute, no change to ``module``.
+    Runs on the meta device: no data, no compute, no change to ``module``. ``example`` may be a
+    tuple of tensors (a multi-tensor cut, read by a :class:`ConcatPool`).
     """
-    meta = torch.empty(example.shape, dtype=example.dtype, device="meta")
+    meta: Any = pytree.tree_map(
+        lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, torch.Tensor) else t, example
+    )
     if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
         module = copy.deepcopy(module).to("meta")
     try:
         with torch.no_grad():
             out = module(meta)
     except Exception as exc:
-        raise ConfigError(
-            f"{type(module).__name__} fails on a representation of shape {tuple(example.shape)}: {exc}"
-        ) from exc
+        shape = [tuple(t.shape) for t in example] if isinstance(example, tuple) else tuple(example.shape)
+        raise ConfigError(f"{type(module).__name__} fails on a representation of shape {shape}: {exc}") from exc
     return int(first_tensor(out).shape[-1])

@@ -27,12 +27,14 @@ class StageInfo:
 
     index / num_stages: the stage's position among the stages that train (``0 .. num_stages - 1``).
     representation: an example of what the stage hands its objective (a fake tensor, or a
-    structure of them: an LSTM's ``(output, (h, c))``).
-    example: the representation's tensor as the pool reads it, batch first (its ``shape`` and ``dtype``).
+    structure of them: an LSTM's ``(output, (h, c))``; at a multi-tensor cut, ``(main, *others)``:
+    the split's own output, then the other per-sample tensors crossing beside it).
+    example: the representation's (main) tensor as the pool reads it, batch first (its ``shape`` and ``dtype``).
     num_classes: ``convert(num_classes=...)``, else the width of a ``(batch, classes)`` model output, else None.
     device: where the stage (and its objective) runs.
-    pool: the module the method's options ask for (``pool``, ``pool_size``, ``mask``) that turns the
-    representation into ``(N, pooled_dim)``; call it as ``pool(representation, mask=mask)`` when
+    pool: the module the method's options ask for (``pool``, ``pool_size``, ``mask``, ``crossing``) that
+    turns the representation into ``(N, pooled_dim)`` (at a multi-tensor cut, each crossing tensor pooled
+    and the vectors concatenated); call it as ``pool(representation, mask=mask)`` when
     ``mask`` is not None (forward receives the mask as the keyword ``mask``).
     mask: an example of the ``(N, T)`` attention mask the pool reads, or None.
     inputs: examples of the model's ``forward`` inputs, by argument name, in ``forward`` order.

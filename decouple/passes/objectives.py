@@ -21,6 +21,7 @@ from ..objectives.base import LocalObjective
 from ..objectives.losses import logits_of
 from ..objectives.pools import output_dim
 from ..objectives.stage_info import StageInfo
+from ..tree import first_tensor
 from .masks import carry_value
 from .pooling import PoolOptions, stage_pool
 from .registry import Method
@@ -69,6 +70,7 @@ def stage_info(
         pool=getattr(options, "pool", "auto"),
         pool_size=getattr(options, "pool_size", None),
         mask=getattr(options, "mask", "auto"),
+        crossing=getattr(options, "crossing", "all"),
     )
     built = stage_pool(program, k, pool_options)
     mask = program.node(True, built.extras["mask"]).meta.get("val") if "mask" in built.extras else None
@@ -78,7 +80,7 @@ def stage_info(
         index=k,
         num_stages=len(program.stages),
         representation=program.representation_value(k),
-        example=built.example,
+        example=first_tensor(built.example),
         num_classes=known_classes(program),
         device=program.stages[k].device,
         pool=built.pool,

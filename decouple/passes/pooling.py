@@ -17,7 +17,7 @@ from torch import nn
 from ..compiler.program import Program
 from ..errors import ConfigError
 from ..frontend.attributes import qualified_target
-from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, make_pool, reads_mask
+from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, ConcatPool, make_pool, reads_mask
 from ..tree import first_tensor
 from .masks import carry_value, find_mask
 
@@ -56,11 +56,15 @@ class PoolOptions:
     mask: the (N, T) attention mask sequence pools ("mean", "last", "final_state") respect:
     "auto" (the forward argument ``attention_mask`` when there is one), an argument or graph node
     name, or None.
+    crossing: what the head reads where several per-sample tensors cross a cut (a multi-tensor
+    split point: an encoder's output beside a decoder's state, two streams): "all" (default: each
+    pooled, the vectors concatenated) or "main" (the split's own output only).
     """
 
     pool: str | Callable[[], nn.Module] = "auto"
     pool_size: int | None = None
     mask: str | None = "auto"
+    crossing: str = "all"
 
 
 @dataclass
@@ -72,7 +76,7 @@ class StagePool:
     """
 
     pool: nn.Module
-    example: torch.Tensor
+    example: torch.Tensor | tuple[torch.Tensor, ...]
     extras: dict[str, str]
 
 
@@ -82,9 +86,11 @@ def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
     The mask (``options.mask``) is carried in the messages up to and including the one stage ``k``
     hands on, so objectives and inference tails after stage ``k`` find it there.
     """
-    example = first_tensor(program.representation_value(k))
     if options.pool_size is not None and (not isinstance(options.pool_size, int) or options.pool_size < 1):
         raise ConfigError(f"pool_size must be a positive int, got {options.pool_size!r}")
+    crossing = _crossing(program, k, options.crossing)
+    value = program.representation_value(k)
+    example = first_tensor(value)
     rnn = split_rnn(program, k)
     time_major = rnn is not None and not rnn.batch_first and example.dim() == 3
     if time_major:
@@ -94,13 +100,20 @@ def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
     pool = make_pool(options.pool, example, channel_first=channel_first, size=options.pool_size, directions=directions)
     if time_major:
         pool = BatchFirst(pool)
+    if crossing:  # a multi-tensor cut: each tensor pooled on its own, the vectors concatenated
+        kind = options.pool if options.pool in ("auto", "avg", "flatten", "none") else "auto"
+        others = [
+            make_pool(kind, t, channel_first=_channel_first(program, name), size=options.pool_size)
+            for name, t in zip(crossing, value[1:])
+        ]
+        pool = ConcatPool([pool, *others])
     extras: dict[str, str] = {}
     if reads_mask(pool):
         mask = find_mask(program, k, options.mask, example)
         if mask is not None:
             carry_value(program, mask, k)
             extras["mask"] = mask
-    return StagePool(pool, example, extras)
+    return StagePool(pool, value if crossing else example, extras)
 
 
 def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
@@ -112,11 +125,31 @@ def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
     return module if isinstance(module, nn.RNNBase) else None
 
 
+def _crossing(program: Program, k: int, option: str) -> list[str]:
+    """The other tensors stage ``k``'s head reads at a multi-tensor cut (cleared for ``crossing="main"``)."""
+    if option not in ("all", "main"):
+        raise ConfigError(f"crossing must be 'all' (every tensor crossing a cut) or 'main', got {option!r}")
+    plans = list({id(p): p for p in program.stages[k].plans.values()}.values())
+    if option == "all" and len({len(p.crossing) for p in plans}) > 1:
+        program.notes.append(f"stage {k}: the train and eval graphs cross the cut with different tensors; its head "
+                             "reads the split's own output only")  # fmt: skip
+        option = "main"
+    if option == "main":
+        for plan in plans:
+            plan.crossing = []
+    return list(program.stages[k].plans[True].crossing)
+
+
 def is_channel_first(program: Program, k: int) -> bool:
     """Whether stage ``k``'s 3-D representation is ``(N, C, L)`` (from a Conv1d-like op)."""
     plan = program.stages[k].plans[True]
     assert plan.representation is not None, "only stages before the last have a representation to pool"
-    node = program.node(True, plan.representation)
+    return _channel_first(program, plan.representation)
+
+
+def _channel_first(program: Program, name: str) -> bool:
+    """Whether the 3-D value of node ``name`` is ``(N, C, L)``: walks back through layout-preserving ops."""
+    node = program.node(True, name)
     for _ in range(16):  # walk back through layout-preserving ops (activations, residual adds)
         if node.op == "call_module":
             module = program.root.get_submodule(qualified_target(node))
