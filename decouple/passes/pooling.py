@@ -6,6 +6,7 @@ head and, for sequences, finds the attention mask it pools with (see ``passes/ma
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, make_pool, rea
 from ..tree import first_tensor
 from .masks import carry_value, find_mask
 
-__all__ = ["PoolOptions", "StagePool", "stage_pool", "split_rnn", "is_channel_first"]
+__all__ = ["PoolOptions", "StagePool", "stage_pool", "split_rnn", "source_rnn", "is_channel_first"]
 
 #: ops that keep the layout of their first input, walked through to find where a value came from
 _LAYOUT_PRESERVING = {
@@ -85,13 +86,21 @@ def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
     example = first_tensor(program.representation_value(k))
     if options.pool_size is not None and (not isinstance(options.pool_size, int) or options.pool_size < 1):
         raise ConfigError(f"pool_size must be a positive int, got {options.pool_size!r}")
-    rnn = split_rnn(program, k)
+    rnn = source_rnn(program, k)
     time_major = rnn is not None and not rnn.batch_first and example.dim() == 3
     if time_major:
         example = example.transpose(0, 1)
     directions = 2 if rnn is not None and rnn.bidirectional else 1
     channel_first = is_channel_first(program, k)
-    pool = make_pool(options.pool, example, channel_first=channel_first, size=options.pool_size, directions=directions)
+    kind = options.pool
+    if kind == "final_state" and rnn is None and example.dim() == 3 and not channel_first:
+        # not recurrent (an embedding stage): no final state to read; the AL paper's masked mean of the embeddings
+        kind = "mean"
+        program.notes.append(
+            f"stage {k}: pool='final_state' reads a recurrent layer's final state; stage {k}'s representation does not "
+            "come from an RNN, so its head reads the masked mean over tokens"
+        )
+    pool = make_pool(kind, example, channel_first=channel_first, size=options.pool_size, directions=directions)
     if time_major:
         pool = BatchFirst(pool)
     extras: dict[str, str] = {}
@@ -110,6 +119,34 @@ def split_rnn(program: Program, k: int) -> nn.RNNBase | None:
         return None
     module = program.root.get_submodule(split.spec)
     return module if isinstance(module, nn.RNNBase) else None
+
+
+def source_rnn(program: Program, k: int) -> nn.RNNBase | None:
+    """The recurrent module stage ``k``'s representation comes from: its split names one, or it is what an RNN
+    returned, its output sequence (``[0]``) or that passed through layout-preserving ops (dropout, activations)."""
+    rnn = split_rnn(program, k)
+    if rnn is not None:
+        return rnn
+    plan = program.stages[k].plans[True]
+    assert plan.representation is not None, "only stages before the last have a representation to pool"
+    node = program.node(True, plan.representation)
+    for _ in range(16):
+        if node.op == "call_module":
+            module = program.root.get_submodule(qualified_target(node))
+            if isinstance(module, nn.RNNBase):
+                return module
+            if not isinstance(module, _LAYOUT_PRESERVING_MODULES):
+                return None
+        elif node.op == "call_function" and node.target is operator.getitem:
+            if node.args[1] != 0:
+                return None
+        elif node.op not in ("call_function", "call_method") or _name(node.target) not in _LAYOUT_PRESERVING:
+            return None
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if not inputs:
+            return None
+        node = inputs[0]
+    return None
 
 
 def is_channel_first(program: Program, k: int) -> bool:
