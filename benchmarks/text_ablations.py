@@ -188,9 +188,17 @@ def groups() -> dict[str, list[Variant]]:
     # more AL: label_dim, a linear bridge (LSTM)
     g["al_more"] = [
         Variant("al_more", "al recipe", "lstm", "al", dict(AL), pool=lstm_pool),
-        Variant("al_more", "al recipe, linear bridge", "lstm", "al", {**AL, "bridge_width": None}, pool=lstm_pool),
         Variant("al_more", "al recipe, label_dim 512", "lstm", "al", {**AL, "label_dim": 512}, pool=lstm_pool),
+        Variant("al_more", "al recipe, linear bridge", "lstm", "al", {**AL, "bridge_width": None}, pool=lstm_pool),
     ]
+    # batch size and learning rate (LSTM): SCPL trains text with large batches
+    g["training"] = [
+        Variant("training", f"{m}{label}", "lstm", m, dict(AL) if m == "al" else {}, settings,
+                pool=None if m == "bp" else lstm_pool)
+        for label, settings in [(", batch 256", {"batch_size": 256}),
+                                (", batch 256, lr 3e-3", {"batch_size": 256, "lr": 3e-3})]
+        for m in ("bp", "scl", "al")
+    ]  # fmt: skip
     return g
 
 
@@ -282,9 +290,51 @@ def report(seeds: list[int], epochs: int | None) -> str:
     return "\n".join(out)
 
 
+def export_final(out: Path, seeds: list[int]) -> str:
+    """The final configurations as the example reports them (tables, CSV, PNG, runs.json) from the recorded runs.
+
+    The runs are ``train_run`` calls with the example's settings and ``TEXT_RECIPES`` (the pool factory
+    ``read_pool("mean", "final")`` is ``pool="final_state"``, checked equal loss for loss), so
+    ``examples/text_classification.py --seeds 0 1 2 --epochs 10`` prints the same numbers.
+    """
+    by_key = records()
+    runs = []
+    data = None
+    for v in groups()["final"] + groups()["final_ee"]:
+        for seed in seeds:
+            r = by_key.get(v.key(seed))
+            if r is None or r["epochs"] < v.epochs:
+                continue
+            settings = replace(example.Settings(), epochs=v.epochs, **v.settings)
+            if data is None:
+                data = example.load_data(settings, seed)
+            torch.manual_seed(seed)
+            model = example.build(v.model, data, settings)
+            ids, mask, _ = next(iter(data.test))
+            options = example.recipe(v.model, v.method)
+            splits = (example.AL_SPLITS if v.method == "al" else example.SPLITS)[v.model]
+            dm = example.decouple.convert(model, v.method, splits, {"ids": ids[:2], "attention_mask": mask[:2]},
+                                          num_classes=data.classes, **options)  # fmt: skip
+            result = example.RunResult(v.model, v.method, seed, v.label, test_accuracy=r["test_accuracy"],
+                                       losses=r["losses"], seconds=r["train_seconds"],
+                                       params=dm.param_counts())  # fmt: skip
+            shortcuts = {int(k): acc for k, acc in r["shortcuts"].items()}
+            runs.append(example.TextRun(result, r["val_accuracy"], shortcuts, options))
+    assert data is not None, "no final runs recorded yet"
+    labels = torch.cat([y for _, _, y in data.test])
+    constant = float((labels == labels.mode().values).float().mean())
+    results = [r.result for r in runs]
+    tables = [example.summary_table(runs, constant), example.accuracy_table(results, example.TITLES),
+              example.parameter_table(results, example.TITLES), example.shortcut_table(runs)]  # fmt: skip
+    text = "\n\n".join(t for t in tables if t)
+    title = f"test accuracy vs epoch on rotten_tomatoes (mean ± std over {len(seeds)} seeds)"
+    example.write_outputs(out, runs, example.Settings(epochs=FINAL_EPOCHS), text, title)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "report", "list"))
+    parser.add_argument("command", choices=("run", "report", "list", "export"))
     parser.add_argument("groups", nargs="*")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--epochs", type=int, help="report: the accuracy at this epoch (default: each variant's)")
@@ -295,6 +345,8 @@ def main() -> None:
     elif args.command == "list":
         for name, vs in groups().items():
             print(name, len(vs), [f"{v.model}:{v.label}" for v in vs])
+    elif args.command == "export":
+        print(export_final(ROOT / "benchmarks" / "results" / "text_classification_10ep", args.seeds))
     else:
         print(report(args.seeds, args.epochs))
 
