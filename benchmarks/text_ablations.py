@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from decouple.experiments import RECIPES
 from decouple.objectives.pools import first_valid_index, last_valid_index
 from decouple.tree import first_tensor
-from decouple.experiments import RECIPES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "text_ablations" / "runs.jsonl"

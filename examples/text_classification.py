@@ -42,9 +42,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import decouple
-from decouple.experiments.results import accuracy_table, parameter_table, plot_curves, write_epochs_csv, write_summary_csv
-from decouple.experiments.datasets import TEXT_DATASETS, text_loaders
 from decouple.errors import ConfigError
+from decouple.experiments.datasets import TEXT_DATASETS, text_loaders
+from decouple.experiments.results import (
+    accuracy_table,
+    parameter_table,
+    plot_curves,
+    write_epochs_csv,
+    write_summary_csv,
+)
 from decouple.experiments.training import TEXT_RECIPES, RunResult, torch_threads
 from decouple.objectives.losses import logits_of
 

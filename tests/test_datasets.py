@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 import decouple
 from decouple.errors import DecoupleError
 from decouple.experiments.datasets import (
+    HEALTH_NEWS_SOURCES,
     MNIST_MEAN,
     MNIST_STD,
     PAD,
     PAD_ID,
+    TEXT_DATASETS,
     UNK,
     UNK_ID,
     Vocabulary,
     build_vocabulary,
-    HEALTH_NEWS_SOURCES,
-    TEXT_DATASETS,
     load_health_news,
     load_mnist,
     load_rotten_tomatoes,
@@ -145,7 +145,7 @@ def test_health_news_splits_are_balanced_disjoint_and_without_links() -> None:
 
 def test_text_loaders_take_every_bundled_data_set_and_name_them_on_a_typo() -> None:
     assert TEXT_DATASETS == ("rotten_tomatoes", "health_news")
-    train, test, vocab = text_loaders(batch_size=256, max_len=8, max_vocab=500, dataset="health_news")
+    train, _, vocab = text_loaders(batch_size=256, max_len=8, max_vocab=500, dataset="health_news")
     ids, mask, y = next(iter(train))
     assert ids.shape == mask.shape == (256, 8) and int(y.max()) < 16 and len(vocab) == 500
     with pytest.raises(DecoupleError, match="unknown text data set 'health'.*did you mean 'health_news'"):

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         sources, output, build = BUILDS[name]
         for source in sources:
             if not (args.shared / source).is_file():
-                parser.error(f"{args.shared / source} not found; pass --shared DIR pointing at the folder that holds it")
+                parser.error(
+                    f"{args.shared / source} not found; pass --shared DIR pointing at the folder that holds it"
+                )
         path = OUT_DIR / output
         build(args.shared, path)
         print(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -10,4 +10,12 @@ public names, like any user code.
 
 from .training import RECIPES, TEXT_RECIPES, RunResult, evaluate, optimizer_factory, torch_threads, train_and_evaluate
 
-__all__ = ["RECIPES", "TEXT_RECIPES", "RunResult", "evaluate", "optimizer_factory", "torch_threads", "train_and_evaluate"]
+__all__ = [
+    "RECIPES",
+    "TEXT_RECIPES",
+    "RunResult",
+    "evaluate",
+    "optimizer_factory",
+    "torch_threads",
+    "train_and_evaluate",
+]

@@ -213,7 +213,9 @@ def load_text(dataset: str = "rotten_tomatoes", split: str = "train") -> tuple[l
     if dataset == "health_news":
         return load_health_news(split)
     known = ", ".join(TEXT_DATASETS)
-    raise DecoupleError(f"unknown text data set {dataset!r}; bundled: {known}" + close_matches(str(dataset), TEXT_DATASETS))
+    raise DecoupleError(
+        f"unknown text data set {dataset!r}; bundled: {known}" + close_matches(str(dataset), TEXT_DATASETS)
+    )
 
 
 def tokenize(text: str) -> list[str]:
