@@ -11,17 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decouple
+from decouple.errors import DecoupleError
 from decouple.experiments.datasets import (
+    HEALTH_NEWS_SOURCES,
     MNIST_MEAN,
     MNIST_STD,
     PAD,
     PAD_ID,
+    TEXT_DATASETS,
     UNK,
     UNK_ID,
     Vocabulary,
     build_vocabulary,
+    load_health_news,
     load_mnist,
     load_rotten_tomatoes,
+    load_text,
     mnist_loaders,
     text_loaders,
     tokenize,
@@ -37,7 +42,7 @@ def _labels_in_order(loader: torch.utils.data.DataLoader) -> torch.Tensor:
 
 def test_data_files_live_inside_the_package() -> None:
     package_dir = Path(decouple.__file__).parent / "experiments"
-    for name in ("mnist_subset.npz", "rotten_tomatoes.csv.gz"):
+    for name in ("mnist_subset.npz", "rotten_tomatoes.csv.gz", "health_news.csv.gz"):
         resource = resources.files("decouple.experiments").joinpath("data", name)
         assert resource.is_file()
         assert Path(str(resource)).parent == package_dir / "data"
@@ -103,7 +108,7 @@ def test_mnist_loaders_reject_bad_sizes(kwargs: dict[str, int]) -> None:
         mnist_loaders(**kwargs)
 
 
-@pytest.mark.parametrize("loader", [load_mnist, load_rotten_tomatoes])
+@pytest.mark.parametrize("loader", [load_mnist, load_rotten_tomatoes, load_health_news])
 def test_bad_split_names_the_valid_splits(loader) -> None:
     with pytest.raises(ValueError, match=r"unknown split 'valid'.*'train', 'test'"):
         loader("valid")
@@ -122,6 +127,29 @@ def test_rotten_tomatoes_splits() -> None:
         assert abs(labels.float().mean().item() - 7_403 / 12_808) < 0.005  # stratified: ~57.8% fresh
         assert all(isinstance(t, str) and t and t == t.strip() for t in texts)
     assert not set(train_texts) & set(test_texts)
+
+
+# --- health news headlines ----------------------------------------------------------------------
+
+
+def test_health_news_splits_are_balanced_disjoint_and_without_links() -> None:
+    train_texts, train_labels = load_health_news("train")
+    test_texts, test_labels = load_health_news("test")
+    assert (len(train_texts), len(test_texts)) == (16_000, 4_000) and len(HEALTH_NEWS_SOURCES) == 16
+    assert torch.bincount(train_labels).tolist() == [1_000] * 16
+    assert torch.bincount(test_labels).tolist() == [250] * 16
+    assert not set(train_texts) & set(test_texts)
+    assert not any("http" in t for t in train_texts + test_texts)
+    assert load_text("health_news", "test")[0] == test_texts
+
+
+def test_text_loaders_take_every_bundled_data_set_and_name_them_on_a_typo() -> None:
+    assert TEXT_DATASETS == ("rotten_tomatoes", "health_news")
+    train, _, vocab = text_loaders(batch_size=256, max_len=8, max_vocab=500, dataset="health_news")
+    ids, mask, y = next(iter(train))
+    assert ids.shape == mask.shape == (256, 8) and int(y.max()) < 16 and len(vocab) == 500
+    with pytest.raises(DecoupleError, match="unknown text data set 'health'.*did you mean 'health_news'"):
+        text_loaders(dataset="health")
 
 
 # --- tokenizer, vocabulary, encoding -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -339,3 +341,38 @@ def test_example_errors(tmp_path: Path) -> None:
             ["--width", "wide", "--archs", "convnet", "--methods", "bp", "--seeds", "1", "--out", str(tmp_path), *TINY]
         )
     assert sys.modules.get("decouple") is decouple
+
+
+TEXT_TINY = ["--epochs", "2", "--train-limit", "160", "--test-limit", "64", "--val-size", "32", "--batch-size", "32",
+             "--max-len", "8", "--dim", "16", "--heads", "2", "--quiet"]  # fmt: skip
+
+
+def test_text_classification_reports_like_the_papers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("text_classification")
+    threads = torch.get_num_threads()
+    assert example.main(["--seeds", "0", "1", "--out", str(tmp_path), *TEXT_TINY]) == 0
+    assert torch.get_num_threads() == threads
+    printed = capsys.readouterr().out
+    for name in ("accuracy_per_epoch.csv", "summary.csv", "tables.md", "runs.json", "accuracy_vs_epoch.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = read_csv(tmp_path / "accuracy_per_epoch.csv")
+    methods = ("bp", "early_exit", "al", "scl")
+    expected = {(a, m, s, e) for a in ("lstm", "transformer") for m in methods for s in ("0", "1") for e in ("1", "2")}
+    assert {(r["arch"], r["method"], r["seed"], r["epoch"]) for r in rows} == expected
+    assert "±" in printed and "best val. epoch" in printed and "constant prediction" in printed
+    assert "AL shortcut inference" in printed and "exit=4" in printed  # AL cuts after the third layer too
+    assert "LSTM training" in printed  # the parameter table
+    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    al = [r for r in runs if r["method"] == "al"]
+    assert all(len(r["shortcuts"]) == 4 and len(r["val_accuracy"]) == 2 for r in al)
+    assert {r["options"].get("pool") for r in runs if r["arch"] == "lstm" and r["method"] != "bp"} == {"final_state"}
+
+
+def test_text_classification_second_data_set_and_state_passing(capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("text_classification")
+    args = ["--dataset", "health_news", "--models", "lstm", "--methods", "scl", "--pass-state", *TEXT_TINY]
+    assert example.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "health_news" in printed and "16 classes" in printed
+    with pytest.raises(SystemExit):
+        example.main(["--dataset", "imdb", *TEXT_TINY])

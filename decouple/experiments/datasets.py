@@ -1,10 +1,12 @@
-"""Small real data sets shipped inside the package (an MNIST subset, Rotten Tomatoes snippets), with loaders.
+"""Small real data sets shipped inside the package (an MNIST subset, Rotten Tomatoes snippets, health news
+headlines), with loaders.
 
-The files live in ``decouple/data/`` (built by ``tools/make_datasets.py``, sources and licences in
-``decouple/data/README.md``), so everything here works offline right after ``pip install``:
+The files live in ``decouple/experiments/data/`` (built by ``tools/make_datasets.py``, sources and licences in
+``decouple/experiments/data/README.md``), so everything here works offline right after ``pip install``:
 
     train, test = mnist_loaders(batch_size=128, seed=0)       # (x, y) batches, x (B, 1, 28, 28)
     train, test, vocab = text_loaders(batch_size=64)          # (ids, mask, label) batches
+    text_loaders(dataset="health_news")                       # 16-way news source of health headlines
 
 Text is tokenised by :func:`tokenize` (lowercase, then the regex ``[a-z0-9']+``) into a word-level
 :class:`Vocabulary` built from the training split, as in the papers; unseen words map to ``<unk>``.
@@ -39,10 +41,14 @@ __all__ = [
     "load_mnist",
     "mnist_loaders",
     "load_rotten_tomatoes",
+    "load_health_news",
+    "HEALTH_NEWS_SOURCES",
     "tokenize",
     "Vocabulary",
     "build_vocabulary",
     "text_loaders",
+    "TEXT_DATASETS",
+    "load_text",
 ]
 
 SPLITS = ("train", "test")
@@ -53,6 +59,15 @@ PAD_ID, UNK_ID = 0, 1
 
 _MNIST_FILE = "mnist_subset.npz"
 _TEXT_FILE = "rotten_tomatoes.csv.gz"
+#: the bundled text data sets ``text_loaders(dataset=...)`` reads
+TEXT_DATASETS = ("rotten_tomatoes", "health_news")
+#: the 16 Twitter accounts of ``health_news``; label ``i`` is ``HEALTH_NEWS_SOURCES[i]``
+HEALTH_NEWS_SOURCES = (
+    "bbchealth", "cbchealth", "cnnhealth", "everydayhealth", "foxnewshealth", "gdnhealthcare", "goodhealth",
+    "KaiserHealthNews", "latimeshealth", "msnhealthnews", "NBChealth", "nprhealth", "nytimeshealth", "reuters_health",
+    "usnewshealth", "wsjhealth",
+)  # fmt: skip
+_HEALTH_FILE = "health_news.csv.gz"
 _TOKEN_RE = re.compile(r"[a-z0-9']+")
 
 
@@ -173,6 +188,36 @@ def load_rotten_tomatoes(split: str = "train") -> tuple[list[str], torch.Tensor]
     return [text for text, _ in rows], torch.tensor([label for _, label in rows], dtype=torch.int64)
 
 
+@cache
+def _health_rows() -> tuple[tuple[str, int, str], ...]:
+    text = gzip.decompress(_read_data_file(_HEALTH_FILE)).decode("utf-8")
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return tuple((row["text"], int(row["label"]), row["split"]) for row in rows)
+
+
+def load_health_news(split: str = "train") -> tuple[list[str], torch.Tensor]:
+    """Health news headlines tweeted by 16 news outlets, and which outlet, int64 (N,) (``HEALTH_NEWS_SOURCES``).
+
+    ``train`` has 1,000 headlines per outlet (16,000), ``test`` 250 per outlet (4,000); links are
+    removed, and no text is in both splits or under two outlets (UCI "Health News in Twitter").
+    """
+    _check_split(split)
+    rows = [(text, label) for text, label, s in _health_rows() if s == split]
+    return [text for text, _ in rows], torch.tensor([label for _, label in rows], dtype=torch.int64)
+
+
+def load_text(dataset: str = "rotten_tomatoes", split: str = "train") -> tuple[list[str], torch.Tensor]:
+    """The texts of a bundled text data set's ``split`` and their labels, int64 (N,) (see :data:`TEXT_DATASETS`)."""
+    if dataset == "rotten_tomatoes":
+        return load_rotten_tomatoes(split)
+    if dataset == "health_news":
+        return load_health_news(split)
+    known = ", ".join(TEXT_DATASETS)
+    raise DecoupleError(
+        f"unknown text data set {dataset!r}; bundled: {known}" + close_matches(str(dataset), TEXT_DATASETS)
+    )
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase ``text`` and return its runs of ``[a-z0-9']`` (other characters separate words)."""
     return _TOKEN_RE.findall(text.lower())
@@ -246,16 +291,17 @@ def text_loaders(
     max_len: int = 48,
     max_vocab: int = 30000,
     seed: int = 0,
+    dataset: str = "rotten_tomatoes",
 ) -> tuple[DataLoader, DataLoader, Vocabulary]:
-    """Train and test loaders of ``(ids, mask, label)`` batches over the Rotten Tomatoes snippets.
+    """Train and test loaders of ``(ids, mask, label)`` batches over a bundled text data set (``TEXT_DATASETS``).
 
     The vocabulary is built from the training split only (at most ``max_vocab`` entries); texts are
     encoded to ``max_len`` ids. The training loader reshuffles every epoch from a ``torch.Generator``
     seeded by ``seed``; the test loader keeps the file order.
     """
     _check_positive("batch_size", batch_size)
-    train_texts, train_labels = load_rotten_tomatoes("train")
-    test_texts, test_labels = load_rotten_tomatoes("test")
+    train_texts, train_labels = load_text(dataset, "train")
+    test_texts, test_labels = load_text(dataset, "test")
     vocab = build_vocabulary(train_texts, max_size=max_vocab)
     train = DataLoader(
         TensorDataset(*vocab.encode(train_texts, max_len), train_labels),

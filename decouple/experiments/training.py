@@ -29,6 +29,7 @@ __all__ = [
     "train_and_evaluate",
     "SCHEDULES",
     "RECIPES",
+    "TEXT_RECIPES",
     "torch_threads",
 ]
 
@@ -40,6 +41,15 @@ SCHEDULES = ("cosine", "constant")
 #: layer; the paper's top bridge has 5120 units). On the ConvNet, 3 epochs, seed 0: 97.9% with
 #: these, 95.3% without the hidden layer, 90.3% with target_grad=True (benchmarks/RESULTS.md).
 RECIPES: dict[str, dict[str, Any]] = {"al": {"first_loss": "ce", "target_grad": False, "bridge_width": 1024}}
+
+#: Method options for sequence models, ``{(model kind, method): options}``: what the text example
+#: trains with (``examples/text_classification.py``; ablations in benchmarks/RESULTS.md).
+TEXT_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("lstm", "scl"): {"pool": "final_state"},
+    ("lstm", "al"): {"pool": "final_state", **RECIPES["al"]},
+    ("lstm", "early_exit"): {"pool": "final_state"},
+    ("transformer", "al"): dict(RECIPES["al"]),
+}
 
 #: ``fit(dm, loader, epochs, *, progress, on_epoch_end)``, like :meth:`DecoupledModel.fit`
 FitFunction = Callable[..., Any]

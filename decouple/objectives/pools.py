@@ -32,6 +32,7 @@ __all__ = [
     "FirstTensor",
     "ConcatPool",
     "last_valid_index",
+    "first_valid_index",
     "reads_mask",
     "make_pool",
     "output_dim",
@@ -91,6 +92,12 @@ def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
     return ((mask != 0).long() * positions).argmax(dim=1)
 
 
+def first_valid_index(mask: torch.Tensor) -> torch.Tensor:
+    """Per row of an ``(N, T)`` mask, the index of its first non-zero entry (0 for an empty row)."""
+    positions = torch.arange(mask.shape[1], 0, -1, device=mask.device)
+    return ((mask != 0).long() * positions).argmax(dim=1)
+
+
 def reads_mask(pool: nn.Module) -> bool:
     """Whether ``pool`` takes a ``mask`` keyword (an ``(N, T)`` attention mask) in ``forward``."""
     return bool(getattr(pool, "reads_mask", False))
@@ -133,11 +140,14 @@ class TokenSelect(nn.Module):
 class FinalState(nn.Module):
     """The final hidden state of a recurrent layer, as associated learning's LSTM heads read it.
 
-    Given what an ``nn.LSTM`` / ``nn.GRU`` returns, ``(output, (h_n, c_n))`` or ``(output, h_n)``:
-    the last layer's ``h_n``, both directions concatenated, ``(N, directions * H)``. Given the
-    output sequence ``(N, T, directions * H)`` alone: the forward direction at the last real token
-    (``mask``, or the last position) and, for a bidirectional layer, the backward direction at the
-    first token, which is where each direction finishes reading the sequence.
+    Each direction is read where it finished reading the real tokens: the forward direction at the
+    last real token of the output sequence, the backward direction (bidirectional layers) at the
+    first, both from the last layer's output ``(N, T, directions * H)``, using ``mask`` ``(N, T)``
+    (right or left padding). Without a mask, given what an ``nn.LSTM`` / ``nn.GRU`` returns
+    (``(output, (h_n, c_n))`` or ``(output, h_n)``), the last layer's ``h_n``, directions
+    concatenated; from an output sequence alone, forward at the last and backward at the first
+    position, which are the same states. (``h_n`` is not read when there is a mask: an RNN run over
+    padded sequences without packing ends its forward direction after the padding.)
     """
 
     reads_mask = True
@@ -150,16 +160,19 @@ class FinalState(nn.Module):
 
     def forward(self, x: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
         state = _recurrent_state(x)
-        if state is not None:
-            return state[-self.directions :].transpose(0, 1).reshape(state.shape[1], -1)
         seq = first_tensor(x)
+        if state is not None and (mask is None or seq.dim() != 3):  # no padding to skip, or a PackedSequence
+            return state[-self.directions :].transpose(0, 1).reshape(state.shape[1], -1)
         rows = torch.arange(seq.shape[0], device=seq.device)
-        last = last_valid_index(mask) if mask is not None else torch.full_like(rows, seq.shape[1] - 1)
+        if mask is None:
+            last, first = torch.full_like(rows, seq.shape[1] - 1), torch.zeros_like(rows)
+        else:
+            last, first = last_valid_index(mask), first_valid_index(mask)
         forward_state = seq[rows, last]
         if self.directions == 1:
             return forward_state
         hidden = seq.shape[-1] // 2
-        return torch.cat([forward_state[:, :hidden], seq[:, 0, hidden:]], dim=1)
+        return torch.cat([forward_state[:, :hidden], seq[rows, first, hidden:]], dim=1)
 
     def extra_repr(self) -> str:
         return f"directions={self.directions}"

@@ -6,6 +6,7 @@ head and, for sequences, finds the attention mask it pools with (see ``passes/ma
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from ..objectives.pools import CHANNEL_FIRST_MODULES, BatchFirst, ConcatPool, ma
 from ..tree import first_tensor
 from .masks import carry_value, find_mask
 
-__all__ = ["PoolOptions", "StagePool", "stage_pool", "split_rnn", "is_channel_first"]
+__all__ = ["PoolOptions", "StagePool", "stage_pool", "split_rnn", "source_rnn", "is_channel_first"]
 
 #: ops that keep the layout of their first input, walked through to find where a value came from
 _LAYOUT_PRESERVING = {
@@ -91,19 +92,27 @@ def stage_pool(program: Program, k: int, options: PoolOptions) -> StagePool:
     crossing = _crossing(program, k, options.crossing)
     value = program.representation_value(k)
     example = first_tensor(value)
-    rnn = split_rnn(program, k)
+    rnn = source_rnn(program, k)
     time_major = rnn is not None and not rnn.batch_first and example.dim() == 3
     if time_major:
         example = example.transpose(0, 1)
     directions = 2 if rnn is not None and rnn.bidirectional else 1
     channel_first = is_channel_first(program, k)
-    pool = make_pool(options.pool, example, channel_first=channel_first, size=options.pool_size, directions=directions)
+    kind = options.pool
+    if kind == "final_state" and rnn is None and example.dim() == 3 and not channel_first:
+        # not recurrent (an embedding stage): no final state to read; the AL paper's masked mean of the embeddings
+        kind = "mean"
+        program.notes.append(
+            f"stage {k}: pool='final_state' reads a recurrent layer's final state; stage {k}'s representation does not "
+            "come from an RNN, so its head reads the masked mean over tokens"
+        )
+    pool = make_pool(kind, example, channel_first=channel_first, size=options.pool_size, directions=directions)
     if time_major:
         pool = BatchFirst(pool)
     if crossing:  # a multi-tensor cut: each tensor pooled on its own, the vectors concatenated
-        kind = options.pool if options.pool in ("auto", "avg", "flatten", "none") else "auto"
+        each = options.pool if options.pool in ("auto", "avg", "flatten", "none") else "auto"
         others = [
-            make_pool(kind, t, channel_first=_channel_first(program, name), size=options.pool_size)
+            make_pool(each, t, channel_first=_channel_first(program, name), size=options.pool_size)
             for name, t in zip(crossing, value[1:])
         ]
         pool = ConcatPool([pool, *others])
@@ -138,6 +147,34 @@ def _crossing(program: Program, k: int, option: str) -> list[str]:
         for plan in plans:
             plan.crossing = []
     return list(program.stages[k].plans[True].crossing)
+
+
+def source_rnn(program: Program, k: int) -> nn.RNNBase | None:
+    """The recurrent module stage ``k``'s representation comes from: its split names one, or it is what an RNN
+    returned, its output sequence (``[0]``) or that passed through layout-preserving ops (dropout, activations)."""
+    rnn = split_rnn(program, k)
+    if rnn is not None:
+        return rnn
+    plan = program.stages[k].plans[True]
+    assert plan.representation is not None, "only stages before the last have a representation to pool"
+    node = program.node(True, plan.representation)
+    for _ in range(16):
+        if node.op == "call_module":
+            module = program.root.get_submodule(qualified_target(node))
+            if isinstance(module, nn.RNNBase):
+                return module
+            if not isinstance(module, _LAYOUT_PRESERVING_MODULES):
+                return None
+        elif node.op == "call_function" and node.target is operator.getitem:
+            if node.args[1] != 0:
+                return None
+        elif node.op not in ("call_function", "call_method") or _name(node.target) not in _LAYOUT_PRESERVING:
+            return None
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if not inputs:
+            return None
+        node = inputs[0]
+    return None
 
 
 def is_channel_first(program: Program, k: int) -> bool:
