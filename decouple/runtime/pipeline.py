@@ -1,8 +1,9 @@
-"""Cross-batch pipelined training: one worker thread per stage, bounded queues between stages.
+"""Cross-batch pipelined training: one worker thread per stage, bounded channels between stages.
 
-Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker runs
-forward, local loss, backward and its optimizer step on a batch, then hands the detached message
-and the carry to the next stage's queue. So stage ``k`` sees batch ``b`` after exactly the
+Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker reserves
+room in the next stage's channel, takes a batch, runs forward, local loss, backward and its
+optimizer step on it, then hands the detached message and the carry on (``channel.py``: at most
+``depth`` batches wait between two stages, and a waiting stage holds none). So stage ``k`` sees batch ``b`` after exactly the
 updates of batches ``0 .. b - 1``, as in :func:`.sequential.train_step`, and pipelined training
 equals sequential training (bit for bit with one intra-op thread).
 
@@ -30,6 +31,7 @@ import torch
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
 from ..tree import detach_tree
+from .channel import Channel
 from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
@@ -136,17 +138,18 @@ class _Worker:
         return Batch(b, detach_tree(next_message), detach_tree(carry), batch.target, batch.samples, ready)
 
 
-def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:
+def _work(worker: _Worker, inbox: Channel, outbox: Channel, faults: _Faults) -> None:
     """The worker loop: take a batch, train on it, hand it on; after a fault, discard until stopped."""
     index = worker.stage.index
 
-    def train(batch: Batch) -> None:
+    def train(batch: Batch) -> Batch | None:
         if faults.stopped.is_set():
-            return  # discard: a stage has failed
+            return None  # discard: a stage has failed
         try:
-            outbox.put(worker.train(batch))
+            return worker.train(batch)
         except BaseException:  # every fault, KeyboardInterrupt too, goes to the caller
             faults.report(index, batch.index, sys.exc_info())
+            return None
 
     try:
         with worker.context():
@@ -156,16 +159,30 @@ def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], fa
         _serve(inbox, outbox, lambda batch: None)
 
 
-def _serve(inbox: queue.Queue[Any], outbox: queue.Queue[Any], handle: Callable[[Batch], None]) -> None:
-    """Hand every batch to ``handle`` and forward every marker, until the stop marker has passed."""
-    while True:
-        item = inbox.get()
-        if isinstance(item, _Marker):
-            outbox.put(item)
-            if item is _STOP:
-                return
-            continue
-        handle(item)
+def _serve(inbox: Channel, outbox: Channel, handle: Callable[[Batch], Batch | None]) -> None:
+    """Hand every batch to ``handle`` and forward what it returns and every marker, until the stop marker has passed."""
+    while _serve_one(inbox, outbox, handle):
+        pass
+
+
+def _serve_one(inbox: Channel, outbox: Channel, handle: Callable[[Batch], Batch | None]) -> bool:
+    """Reserve room downstream, then take one item and forward it (a marker) or what ``handle`` makes of it.
+
+    Returns ``False`` once the stop marker has passed. The trained input and the output handed on
+    are this frame's locals, so they are let go before the stage waits again: a waiting stage holds
+    no batch, and never one it could not hand on (see ``channel.py``).
+    """
+    outbox.reserve()
+    item = inbox.get()
+    if isinstance(item, _Marker):
+        outbox.put(item)
+        return item is not _STOP
+    handed = handle(item)
+    if handed is None:
+        outbox.cancel()
+    else:
+        outbox.put(handed)
+    return True
 
 
 class Pipeline:
@@ -200,11 +217,7 @@ class Pipeline:
         self.completed = 0  # batches the last stage has finished
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self._since_drain: tuple[int, int, float | None] = (
-            0,
-            0,
-            None,
-        )  # batches, samples, first submit after the last drain
+        self._since_drain: tuple[int, int, float | None] = (0, 0, None)  # batches, samples, first submit after a drain
         self._samples = 0
         self._started = False
 
@@ -234,8 +247,8 @@ class Pipeline:
                     streams_for(s.device))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip
-        self._queues: list[queue.Queue[Any]] = [queue.Queue(self.depth) for _ in self.stages]
-        self._done: queue.Queue[Any] = queue.Queue()
+        self._queues = [Channel(self.depth) for _ in self.stages]
+        self._done = Channel(None)
         outboxes = [*self._queues[1:], self._done]
         for worker, inbox, outbox in zip(self._workers, self._queues, outboxes):
             thread = threading.Thread(
@@ -315,18 +328,15 @@ class Pipeline:
 
     def _put(self, item: Any) -> None:
         inbox = self._queues[0]
-        while True:
-            try:
-                inbox.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                self._take_finished()
+        while not inbox.reserve(timeout=_POLL):
+            self._take_finished()
+        inbox.put(item)
 
     def _take_finished(self) -> None:
         """Count the batches the last stage has finished, without waiting."""
         while True:
             try:
-                item = self._done.get_nowait()
+                item = self._done.get(block=False)
             except queue.Empty:
                 return
             assert isinstance(item, Batch), f"{item!r} reached the end while nobody waited for it"
