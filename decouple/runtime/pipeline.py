@@ -3,15 +3,15 @@
 Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker reserves
 room in the next stage's channel, takes a batch, runs forward, local loss, backward and its
 optimizer step on it, then hands the detached message and the carry on (``channel.py``: at most
-``depth`` batches wait between two stages, and a waiting stage holds none). So stage ``k`` sees batch ``b`` after exactly the
-updates of batches ``0 .. b - 1``, as in :func:`.sequential.train_step`, and pipelined training
-equals sequential training (bit for bit with one intra-op thread).
+``depth`` batches wait between two stages, and a waiting stage holds none). So stage ``k`` sees
+batch ``b`` after exactly the updates of batches ``0 .. b - 1``, as in
+:func:`.sequential.train_step`, and pipelined training equals sequential training (bit for bit
+with one intra-op thread).
 
 Why threads: torch ops release the GIL, so stages on different devices (or CPU cores) compute
 at the same time in one process, sharing parameters with the caller; small ops stay GIL-bound.
-Why markers flow through the queues: after a fault every worker discards batches but forwards
-the flush and stop markers, so no queue stays full, no put blocks forever, and the caller
-re-raises the fault as :class:`~decouple.errors.StageError` and joins every thread.
+After a fault every worker discards batches but forwards the flush and stop markers, so the
+caller re-raises the fault as :class:`~decouple.errors.StageError` and joins every thread.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
 from ..tree import detach_tree
-from .channel import Channel
+from .channel import FLUSH, STOP, Channel, Marker, serve
 from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
@@ -42,20 +42,6 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 Binder = Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]
 
 _POLL = 0.05  # seconds between checks while the caller waits
-
-
-class _Marker:
-    """A control item that every worker forwards, even after a fault."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-_FLUSH = _Marker("flush")  # every batch submitted before it is done once it reaches the end
-_STOP = _Marker("stop")  # the worker forwards it and exits
 
 
 @dataclass
@@ -153,36 +139,10 @@ def _work(worker: _Worker, inbox: Channel, outbox: Channel, faults: _Faults) -> 
 
     try:
         with worker.context():
-            _serve(inbox, outbox, train)
+            serve(inbox, outbox, train)
     except BaseException:  # the device or stream could not be entered
         faults.report(index, None, sys.exc_info())
-        _serve(inbox, outbox, lambda batch: None)
-
-
-def _serve(inbox: Channel, outbox: Channel, handle: Callable[[Batch], Batch | None]) -> None:
-    """Hand every batch to ``handle`` and forward what it returns and every marker, until the stop marker has passed."""
-    while _serve_one(inbox, outbox, handle):
-        pass
-
-
-def _serve_one(inbox: Channel, outbox: Channel, handle: Callable[[Batch], Batch | None]) -> bool:
-    """Reserve room downstream, then take one item and forward it (a marker) or what ``handle`` makes of it.
-
-    Returns ``False`` once the stop marker has passed. The trained input and the output handed on
-    are this frame's locals, so they are let go before the stage waits again: a waiting stage holds
-    no batch, and never one it could not hand on (see ``channel.py``).
-    """
-    outbox.reserve()
-    item = inbox.get()
-    if isinstance(item, _Marker):
-        outbox.put(item)
-        return item is not _STOP
-    handed = handle(item)
-    if handed is None:
-        outbox.cancel()
-    else:
-        outbox.put(handed)
-    return True
+        serve(inbox, outbox, lambda batch: None)
 
 
 class Pipeline:
@@ -270,9 +230,9 @@ class Pipeline:
         try:
             if abort:
                 self._faults.stopped.set()
-            self._put(_STOP)
+            self._put(STOP)
             stopping = True
-            self._wait_for(_STOP)
+            self._wait_for(STOP)
         finally:
             if stopping:  # a second interrupt before the stop marker went in leaves the daemon threads
                 for thread in self._threads:
@@ -299,8 +259,8 @@ class Pipeline:
     def drain(self) -> RunStats:
         """Wait until every submitted batch is trained; statistics of the batches since the last drain."""
         self._check_open()
-        self._put(_FLUSH)
-        self._wait_for(_FLUSH)
+        self._put(FLUSH)
+        self._wait_for(FLUSH)
         self._sync()
         self._raise_fault()
         return self._stats()
@@ -342,7 +302,7 @@ class Pipeline:
             assert isinstance(item, Batch), f"{item!r} reached the end while nobody waited for it"
             self.completed += 1
 
-    def _wait_for(self, marker: _Marker) -> None:
+    def _wait_for(self, marker: Marker) -> None:
         """Count finished batches until ``marker`` has come out of the last stage."""
         while True:
             try:
