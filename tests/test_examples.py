@@ -263,7 +263,7 @@ def test_vision_compare_refuses_cuda_without_cuda(tmp_path: Path) -> None:
         load_example("vision_compare").main(["--device", "cuda", "--out", str(tmp_path), *TINY])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_vision_compare_on_cuda(tmp_path: Path) -> None:
     assert (
         load_example("vision_compare").main(
