@@ -32,7 +32,17 @@ from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
 from ..tree import detach_tree
 from .channel import FLUSH, STOP, Channel, Marker, serve
-from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
+from .devices import (
+    Streams,
+    caller_ready,
+    follow_caller,
+    hand_back,
+    needs_transfer,
+    ready_event,
+    receive,
+    stage_context,
+    streams_for,
+)
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .timeline import Recorder, Timeline
 
@@ -207,6 +217,8 @@ class Pipeline:
                     streams_for(s.device))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip
+        for worker in self._workers:  # each stage starts after what this thread queued on its GPU
+            follow_caller(worker.streams, worker.stage.device)
         self._queues = [Channel(self.depth) for _ in self.stages]
         self._done = Channel(None)
         outboxes = [*self._queues[1:], self._done]
@@ -251,7 +263,7 @@ class Pipeline:
         samples = batch_size(args, kwargs, target)
         if self._since_drain[2] is None:
             self._since_drain = (self._since_drain[0], self._since_drain[1], time.perf_counter())
-        self._put(Batch(self._submitted, message, target, target, samples))
+        self._put(Batch(self._submitted, message, target, target, samples, caller_ready((message, target))))
         self._submitted += 1
         self._samples += samples
         self._take_finished()
@@ -315,7 +327,10 @@ class Pipeline:
             self.completed += 1
 
     def _sync(self) -> None:
-        """Tell the owner how many more batches have been trained (and the timeline so far)."""
+        """Tell the owner how many more batches have been trained (and the timeline so far); this thread's
+        GPU streams wait for the stages' work, so it reads parameters as the stages left them."""
+        for worker in self._workers:
+            hand_back(worker.streams, worker.stage.device)
         if self._on_sync is not None:
             self._on_sync(self.completed - self._reported, self.timeline())
         self._reported = self.completed
