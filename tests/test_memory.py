@@ -32,8 +32,13 @@ def _held(width: int) -> int:
     )
 
 
+def _mlp_method(method: str, **kw: Any) -> decouple.DecoupledModel:
+    splits = ["layers.0", "layers.1", "layers.2"] if method == "al" else ["layers.0", "layers.1"]
+    return decouple.convert(MLP(WIDTHS), method=method, splits=splits, example_inputs=(torch.randn(2, 10),), **kw)
+
+
 def _mlp(**kw: Any) -> decouple.DecoupledModel:
-    return decouple.convert(MLP(WIDTHS), method="scl", splits=["layers.0", "layers.1"], example_inputs=(torch.randn(2, 10),), **kw)  # fmt: skip
+    return _mlp_method("scl", **kw)
 
 
 def _batch(n: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,3 +92,27 @@ def test_a_stalled_pipeline_holds_at_most_depth_batches_between_stages(depth: in
             release.set()
             submitter.join()
         pipe.drain()
+
+
+def _grads_alive(dm: decouple.DecoupledModel) -> list[str]:
+    return [name for name, p in dm.named_parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("method", ["scl", "al", "early_exit", "bp"])
+def test_no_gradient_outlives_its_optimizer_step(method: str) -> None:
+    dm = _mlp_method(method)
+    seen: list[list[str]] = []
+    dm.stages[-1].module.register_forward_pre_hook(lambda module, args: seen.append(_grads_alive(dm)))
+    x, y = _batch()
+    for _ in range(2):
+        dm.train_step(x, target=y)
+        assert _grads_alive(dm) == []
+    # when the last stage ran forward on the second batch, no gradient of the first was left
+    # (bp: none at all; decoupled methods: the earlier stages had stepped on this batch already)
+    assert seen[1] == []
+    if method != "bp":
+        with dm.pipeline() as pipe:
+            for _ in range(3):
+                pipe.submit(x, target=y)
+            pipe.drain()
+        assert _grads_alive(dm) == []

@@ -180,9 +180,11 @@ class Stage(nn.Module):
             loss.backward()
 
     def update(self) -> None:
-        """The optimizer step on the gradients of :meth:`backward` (second half of :meth:`step`)."""
+        """The optimizer step on the gradients of :meth:`backward` (second half of :meth:`step`), then the
+        gradients are freed: kept until the next backward they would sit beside the next forward's activations."""
         if self.optimizer is not None:
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
     def extra_repr(self) -> str:
         return f"index={self.index}, device={self.device}"

@@ -63,8 +63,7 @@ def train_step(
                 stage.optimizer.zero_grad(set_to_none=True)
         final.loss.backward()
         for stage in stages:
-            if stage.optimizer is not None:
-                stage.optimizer.step()
+            stage.update()  # steps, then frees the gradients (as Stage.step does)
         return [None] * (len(stages) - 1) + [final.loss.detach()]
 
     losses: list[torch.Tensor | None] = []
