@@ -326,6 +326,9 @@ def main() -> None:
         f"pipe-1t / seq-1t = {rate['pipe-1t'] / base:.2f}  (ideal for these stages: "
         f"{sum(1 / rate[f'stage {k} alone'] for k in range(dm.num_stages)) * slowest:.2f})"
     )
+    same = rate["pipe-1t"] / rate["bp-2t"]  # the same 2 cores: 2 stage threads x 1 vs 2 intra-op threads
+    verdict = "the pipeline is faster" if same >= 1 else "plain backprop is faster: the pipeline loses on this CPU"
+    print(f"with the same {dm.num_stages} cores: pipe-1t / bp-2t = {same:.2f} ({verdict})")
     print(
         f"every stage alone at once, as a share of the slowest stage alone: in threads "
         f"{rate['alone x2 thr'] / slowest:.2f} (GIL, no hand-off), in processes {rate['alone x2 proc'] / slowest:.2f} (no GIL)"

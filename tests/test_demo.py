@@ -12,12 +12,25 @@ import pytest
 import torch
 
 from decouple import cli
-from decouple.experiments.demo import DemoConfig, run_demo
+from decouple.experiments import Compute, RunResult
+from decouple.experiments.demo import DemoConfig, compare_times, run_demo
 
 from .helpers import registered_methods
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--train-limit", "256", "--test-limit", "100", "--batch-size", "64", "--no-progress"]
+TINY = [
+    "--epochs",
+    "1",
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "100",
+    "--batch-size",
+    "64",
+    "--no-progress",
+    "--cores",
+    "2",
+]
 
 
 def test_demo_prints_progress_accuracies_and_parameters(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,10 +47,18 @@ def test_demo_prints_progress_accuracies_and_parameters(capsys: pytest.CaptureFi
     )
     assert len(re.findall(r"^  epoch 1: test accuracy \d+\.\d\d%$", out, flags=re.M)) == 2
     assert "test accuracy on 100 MNIST test images after 1 epoch:" in out
-    rows = {
-        m.group(1): float(m.group(2)) for m in re.finditer(r"^  (scl|bp)\s+(\d+\.\d\d)%\s+\d+\.\d s$", out, flags=re.M)
-    }
-    assert set(rows) == {"scl", "bp"} and all(0.0 <= v <= 100.0 for v in rows.values())
+    found = re.finditer(r"^  (scl|bp)\s+(\d+\.\d\d)%\s+\d+\.\d s   (.+)$", out, flags=re.M)
+    rows = {m.group(1): (float(m.group(2)), m.group(3)) for m in found}
+    assert set(rows) == {"scl", "bp"} and all(0.0 <= v <= 100.0 for v, _ in rows.values())
+    # the same two cores for each, and the table says how each used them
+    assert "compute (2 CPU cores each)" in out and "2 CPU cores per method" in lines[1]
+    assert rows["scl"][1] == "2 stage threads x 1 intra-op thread" and rows["bp"][1] == "2 intra-op threads"
+    assert re.search(
+        r"^  time: scl on a 2-stage pipeline (trained \d+\.\d\dx as fast as|was slower than) bp with the same 2 CPU cores",
+        out,
+        flags=re.M,
+    )
+    rows = {k: v for k, (v, _) in rows.items()}
     diff = re.search(r"^  scl - bp: ([+-]\d+\.\d\d) points$", out, flags=re.M)
     assert diff is not None and float(diff.group(1)) == pytest.approx(rows["scl"] - rows["bp"], abs=0.011)
     assert "parameters of the scl model (training vs inference):" in out
@@ -123,3 +144,28 @@ def test_bf16_demo_reaches_fp32_test_accuracy_within_half_a_point() -> None:
     for full, half in zip(fp32, bf16):
         assert full.method == half.method
         assert abs(full.final - half.final) <= 0.005, (full.method, full.final, half.final)
+
+
+def test_compute_shares_the_same_cores_and_says_how() -> None:
+    assert str(Compute.plan(2, 2, pipelined=True)) == "2 stage threads x 1 intra-op thread"
+    assert str(Compute.plan(2, 2, pipelined=False)) == "2 intra-op threads"
+    assert str(Compute.plan(8, 2, pipelined=True)) == "2 stage threads x 4 intra-op threads"
+    assert str(Compute.plan(2, 3, pipelined=True)) == "3 stage threads x 1 intra-op thread on 2 cores"
+    assert str(Compute.plan(1, 1, pipelined=False, devices=("cuda:0",))) == "1 intra-op thread, stages on cuda:0"
+
+
+def test_the_time_line_says_plainly_when_the_pipeline_loses() -> None:
+    def run(method: str, seconds: float) -> RunResult:
+        return RunResult("demo", method, 0, seconds=seconds)
+
+    slower = compare_times(run("scl", 30.0), run("bp", 20.0), 2, "2 CPU cores")
+    assert slower.startswith(
+        "time: scl on a 2-stage pipeline was slower than bp with the same 2 CPU cores (0.67x its speed)"
+    )
+    faster = compare_times(run("scl", 20.0), run("bp", 30.0), 2, "2 CPU cores")
+    assert faster == "time: scl on a 2-stage pipeline trained 1.50x as fast as bp with the same 2 CPU cores"
+
+
+def test_bad_core_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", *TINY, "--cores", "0"]) == 2
+    assert "--cores must be at least 1, got 0" in capsys.readouterr().err

@@ -191,7 +191,19 @@ def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pyt
     out_dir = tmp_path / "out"
     threads = torch.get_num_threads()
     code = load_example("vision_compare").main(
-        ["--archs", "convnet", "--methods", ",".join(methods), "--seeds", "2", "--out", str(out_dir), *TINY]
+        [
+            "--archs",
+            "convnet",
+            "--methods",
+            ",".join(methods),
+            "--seeds",
+            "2",
+            "--out",
+            str(out_dir),
+            "--cores",
+            "2",
+            *TINY,
+        ]
     )
     assert code == 0
     assert torch.get_num_threads() == threads, "the runs restore torch's thread count"
@@ -208,6 +220,10 @@ def test_vision_compare_writes_tables_csv_and_figure(tmp_path: Path, capsys: pyt
         == int(summary["bp"]["inference_params"])
     )
     assert "Vanilla ConvNet" in printed and "±" in printed and "training" in printed
+    # times side by side come from the same two cores, and the summary says how each run used them
+    assert summary["bp"]["compute"] == "2 intra-op threads"
+    assert summary["scl"]["compute"] == "4 stage threads x 1 intra-op thread on 2 cores"
+    assert "s, 2 intra-op threads)" in printed
 
 
 def test_vision_compare_runs_every_registered_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -263,7 +279,7 @@ def test_vision_compare_refuses_cuda_without_cuda(tmp_path: Path) -> None:
         load_example("vision_compare").main(["--device", "cuda", "--out", str(tmp_path), *TINY])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_vision_compare_on_cuda(tmp_path: Path) -> None:
     assert (
         load_example("vision_compare").main(

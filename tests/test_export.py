@@ -483,7 +483,7 @@ def test_pipelined_run_on_bert() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_export_stages_on_two_devices() -> None:
     case = HF_CASES["gpt2"]
     dm = _convert(case, devices=["cpu", "cuda:0"])

@@ -214,7 +214,7 @@ def test_reporting_and_exporting_leave_training_modes_alone(tmp_path: Path) -> N
     assert {name: m.training for name, m in dm.named_modules()} == modes
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_stages_on_a_gpu_export_cpu_weights(tmp_path: Path) -> None:
     x = torch.randn(4, 3, 8, 8)
     dm = decouple.convert(ResCNN(channels=4, blocks=2), splits=["blocks.0"], example_inputs=(x,), devices=["cuda:0"])

@@ -414,7 +414,7 @@ def test_schedule_violations_spot_a_batch_that_ran_early() -> None:
 
 # -- devices ---------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("devices", [["cuda:0", "cuda:0"], ["cpu", "cuda:0"], ["cuda:0", "cpu"]])
 def test_pipeline_across_devices_matches_sequential(devices: list[str]) -> None:
     data = _images([6, 6, 6, 6, 3])

@@ -44,10 +44,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on the images as they are (default: random shifts of up to 2 pixels)",
     )
     parser.add_argument(
-        "--threads",
+        "--cores",
         type=int,
-        default=d.threads,
-        help=f"torch intra-op threads (default {d.threads}: the pipeline already runs a thread per stage)",
+        default=d.cores,
+        help="CPU cores each method trains with (default: all this process may use): the pipeline runs a thread per "
+        "stage with cores / stages intra-op threads each, bp runs as many intra-op threads as cores",
     )
     add_training_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -58,7 +59,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(
         method=args.method, epochs=args.epochs, stages=args.stages, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        augment=not args.no_augment, threads=args.threads, progress=not args.no_progress,
+        augment=not args.no_augment, cores=args.cores, progress=not args.no_progress,
         train_limit=args.train_limit, test_limit=args.test_limit, precision=args.precision, compile=args.compile,
     )  # fmt: skip
 

@@ -8,12 +8,24 @@ torchvision), ``augment.py`` (batch augmentations, two-view SupCon batches), ``m
 public names, like any user code.
 """
 
-from .training import RECIPES, TEXT_RECIPES, RunResult, evaluate, optimizer_factory, torch_threads, train_and_evaluate
+from .training import (
+    RECIPES,
+    TEXT_RECIPES,
+    Compute,
+    RunResult,
+    available_cores,
+    evaluate,
+    optimizer_factory,
+    torch_threads,
+    train_and_evaluate,
+)
 
 __all__ = [
     "RECIPES",
     "TEXT_RECIPES",
     "RunResult",
+    "Compute",
+    "available_cores",
     "evaluate",
     "optimizer_factory",
     "torch_threads",

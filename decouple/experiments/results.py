@@ -172,7 +172,7 @@ def write_summary_csv(results: Sequence[RunResult], path: str | Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", "label", "method", "seeds", "test_accuracy_mean", "test_accuracy_std", "train_seconds_mean",
-                         "training_params", "inference_params", "original_params"])  # fmt: skip
+                         "compute", "training_params", "inference_params", "original_params"])  # fmt: skip
         for (label, arch), s in summaries.items():
             p = s.runs[0].params
             counts = [p.training, p.inference, p.original] if p is not None else ["", "", ""]
@@ -185,6 +185,7 @@ def write_summary_csv(results: Sequence[RunResult], path: str | Path) -> Path:
                     f"{s.mean:.4f}",
                     f"{s.std:.4f}",
                     f"{s.seconds:.1f}",
+                    s.runs[0].compute,
                     *counts,
                 ]
             )

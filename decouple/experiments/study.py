@@ -22,7 +22,7 @@ from ..errors import ConfigError, DecoupleError
 from .augment import Augmented, TwoViews
 from .image_data import DATASETS, ImageData, image_data
 from .models import ARCHITECTURES, get_architecture
-from .training import SCHEDULES, FitFunction, RunResult, torch_threads, train_and_evaluate
+from .training import SCHEDULES, FitFunction, RunResult, available_cores, train_and_evaluate
 
 __all__ = [
     "Variant",
@@ -105,10 +105,10 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, archs: str, epochs: 
     add_training_arguments(run)
     run.add_argument("--device", default="cpu", help="device of every stage, e.g. cuda or cuda:0 (default cpu)")
     run.add_argument(
-        "--threads",
+        "--cores",
         type=int,
-        help="torch intra-op threads (default on cpu: 1, since pipelined stages run a thread each and small "
-        "convolutions gain little from more on a shared machine; otherwise torch's choice)",
+        help="CPU cores every run trains with, so their times compare (default on cpu: all this process may use): "
+        "a pipelined run gives each stage thread cores / stages intra-op threads, a sequential run (bp) uses them all",
     )
     run.add_argument("--out", default=out, metavar="DIR", help=f"folder for the CSV files and figures (default {out})")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -162,9 +162,9 @@ class Study:
     progress: bool = True
     out: Path = Path("results")
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    threads: int | None = None  # torch intra-op threads while the runs train (None: leave torch's setting)
     precision: str = "32"
     compile: bool = False
+    cores: int | None = None  # CPU cores each run trains with (training.Compute.plan; None: leave torch's setting)
 
     def data(self, seed: int) -> ImageData:
         return image_data(self.dataset, data_root=self.data_root, batch_size=self.batch_size, train_limit=self.train_limit,
@@ -195,13 +195,13 @@ class Study:
         views = "two views per image" if self.views == 2 else "one view"
         aug = "augmented" if self.augment else "not augmented"
         return (f"{self.epochs} epochs, batch {self.batch_size} ({views}, {aug}), {self.optimizer} lr {self.lr:g} "
-                f"({self.schedule}), weight decay {self.weight_decay:g}, seeds {self.seeds}, device {self.device}, "
-                f"precision {self.precision}{', compiled' if self.compile else ''}")  # fmt: skip
+                f"({self.schedule}), weight decay {self.weight_decay:g}, seeds {self.seeds}, device {self.device}"
+                + (f", {self.cores} CPU cores per run" if self.cores is not None else "")
+                + f", precision {self.precision}{', compiled' if self.compile else ''}")  # fmt: skip
 
     def run(self, variants: Sequence[Variant], archs: Sequence[str] | None = None) -> list[RunResult]:
         """Train every variant on every architecture for every seed; one line per finished run."""
-        with torch_threads(self.threads):
-            return self._run(variants, archs)
+        return self._run(variants, archs)
 
     def _run(self, variants: Sequence[Variant], archs: Sequence[str] | None) -> list[RunResult]:
         results: list[RunResult] = []
@@ -221,10 +221,10 @@ class Study:
                     example=data.example, arch=arch, seed=seed, lr=self.lr, weight_decay=self.weight_decay,
                     optimizer=self.optimizer, schedule=self.schedule, devices=self.device, options=options,
                     progress=self.progress, label=variant.label, fit=variant.fit, precision=self.precision,
-                    compile=self.compile,
+                    compile=self.compile, cores=self.cores,
                 )  # fmt: skip
                 accs = " ".join(f"{100 * a:.2f}" for a in result.test_accuracy)
-                print(f"    test accuracy per epoch: {accs}  ({result.seconds:.1f} s)", flush=True)
+                print(f"    test accuracy per epoch: {accs}  ({result.seconds:.1f} s, {result.compute})", flush=True)
                 results.append(result)
         return results
 
@@ -247,7 +247,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def study_from_args(args: argparse.Namespace) -> Study:
     """Check the shared flags and build the :class:`Study`."""
-    _positive(args, "epochs", "seeds", "batch_size", "threads", "train_limit", "test_limit")
+    _positive(args, "epochs", "seeds", "batch_size", "cores", "train_limit", "test_limit")
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     for arch in archs:
         get_architecture(arch)
@@ -255,14 +255,14 @@ def study_from_args(args: argparse.Namespace) -> Study:
         raise ConfigError("--archs names no architecture; e.g. --archs convnet,vgg")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available here; use --device cpu")
-    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
+    cores = args.cores if args.cores is not None else (available_cores() if args.device == "cpu" else None)
     return Study(
         dataset=args.dataset, archs=archs, epochs=args.epochs, seeds=[args.seed + i for i in range(args.seeds)],
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
         schedule=args.schedule, width=args.width, views=args.views, augment=not args.no_augment, device=args.device,
         data_root=args.data_root, download=not args.no_download, train_limit=args.train_limit,
         test_limit=args.test_limit, progress=not args.no_progress, out=Path(args.out),
-        method_options=parse_method_options(args.option), threads=threads, precision=args.precision,
+        method_options=parse_method_options(args.option), cores=cores, precision=args.precision,
         compile=args.compile,
     )  # fmt: skip
 

@@ -8,6 +8,7 @@ inference module, without local heads) after each epoch.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ __all__ = [
     "RECIPES",
     "TEXT_RECIPES",
     "torch_threads",
+    "available_cores",
+    "Compute",
 ]
 
 SCHEDULES = ("cosine", "constant")
@@ -68,6 +71,7 @@ class RunResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0  # training only, the tests after each epoch excluded
     params: ParamCounts | None = None
+    compute: str = ""  # what trained it: threads (stage threads x intra-op threads) and devices
 
     def __post_init__(self) -> None:
         self.label = self.label or self.method
@@ -78,6 +82,46 @@ class RunResult:
         if not self.test_accuracy:
             raise ConfigError(f"run {self.method} on {self.arch} has no epoch yet")
         return self.test_accuracy[-1]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The threads a run trains with: one per stage when pipelined (else one), each with ``intra_op`` torch threads.
+
+    ``Compute.plan(cores, stages, pipelined)`` shares ``cores`` CPU cores the same way for every run:
+    a sequential run (bp, or ``pipelined=False``) uses them all for intra-op parallelism, a pipeline
+    gives each stage thread ``cores // stages`` of them (at least one: more stages than cores
+    oversubscribe the cores, which ``str()`` says).
+    """
+
+    workers: int
+    intra_op: int
+    pipelined: bool
+    cores: int | None = None  # the cores it was given, when the run was planned for a number of cores
+    devices: tuple[str, ...] = ("cpu",)
+
+    @classmethod
+    def plan(cls, cores: int, stages: int, pipelined: bool, devices: tuple[str, ...] = ("cpu",)) -> Compute:
+        if pipelined:
+            return cls(stages, max(1, cores // stages), True, cores, devices)
+        return cls(1, cores, False, cores, devices)
+
+    def __str__(self) -> str:
+        plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")
+        threads = plural(self.intra_op, "intra-op thread")
+        text = f"{self.workers} stage threads x {threads}" if self.pipelined else threads
+        if self.cores is not None and self.workers * self.intra_op > self.cores:
+            text += f" on {plural(self.cores, 'core')}"
+        gpus = [d for d in self.devices if d != "cpu"]
+        return text + (f", stages on {', '.join(dict.fromkeys(gpus))}" if gpus else "")
 
 
 @contextmanager
@@ -154,6 +198,7 @@ def train_and_evaluate(
     fit: FitFunction | None = None,
     precision: str = "32",
     compile: bool = False,
+    cores: int | None = None,
 ) -> tuple[RunResult, DecoupledModel]:
     """Convert a copy of ``model`` with ``method``, train it ``epochs`` times over ``train``, test after each epoch.
 
@@ -162,6 +207,9 @@ def train_and_evaluate(
     ``dm.end_epoch()`` after each epoch. ``precision`` and ``compile`` go to ``convert``.
     ``on_epoch(epoch, result)`` runs after each epoch's test (e.g. to update a progress line).
     ``fit`` replaces :meth:`DecoupledModel.fit` (same arguments) for training loops of one's own.
+    ``cores``: train with this many CPU cores, shared as :meth:`Compute.plan` says (so that runs
+    compared side by side use the same cores); ``None`` keeps torch's thread setting.
+    ``result.compute`` says what the run used.
     """
     torch.manual_seed(seed)  # the local heads' initial weights
     dm = convert(model, method=method, splits=splits, example_inputs=(example,), devices=devices,
@@ -180,10 +228,19 @@ def train_and_evaluate(
         if on_epoch is not None:
             on_epoch(epoch, result)
 
+    piped = pipelined and not dm.end_to_end and fit is None  # fit() trains bp (and pipelined=False) sequentially
+    on = tuple(str(s.device) for s in dm.stages)
+    plan = (
+        Compute.plan(cores, dm.num_stages, piped, on)
+        if cores is not None
+        else Compute(dm.num_stages if piped else 1, torch.get_num_threads(), piped, None, on)
+    )
+    result.compute = str(plan)
     start = time.perf_counter()
-    if fit is None:
-        dm.fit(train, epochs, pipelined=pipelined, progress=progress, on_epoch_end=end_of_epoch)
-    else:
-        fit(dm, train, epochs, progress=progress, on_epoch_end=end_of_epoch)
+    with torch_threads(plan.intra_op):
+        if fit is None:
+            dm.fit(train, epochs, pipelined=pipelined, progress=progress, on_epoch_end=end_of_epoch)
+        else:
+            fit(dm, train, epochs, progress=progress, on_epoch_end=end_of_epoch)
     result.seconds = time.perf_counter() - start - testing[0]
     return result, dm

@@ -1,16 +1,17 @@
-"""Cross-batch pipelined training: one worker thread per stage, bounded queues between stages.
+"""Cross-batch pipelined training: one worker thread per stage, bounded channels between stages.
 
-Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker runs
-forward, local loss, backward and its optimizer step on a batch, then hands the detached message
-and the carry to the next stage's queue. So stage ``k`` sees batch ``b`` after exactly the
-updates of batches ``0 .. b - 1``, as in :func:`.sequential.train_step`, and pipelined training
-equals sequential training (bit for bit with one intra-op thread).
+Stage ``k`` trains on batch ``b`` while stage ``k + 1`` trains on batch ``b - 1``. A worker reserves
+room in the next stage's channel, takes a batch, runs forward, local loss, backward and its
+optimizer step on it, then hands the detached message and the carry on (``channel.py``: at most
+``depth`` batches wait between two stages, and a waiting stage holds none). So stage ``k`` sees
+batch ``b`` after exactly the updates of batches ``0 .. b - 1``, as in
+:func:`.sequential.train_step`, and pipelined training equals sequential training (bit for bit
+with one intra-op thread).
 
 Why threads: torch ops release the GIL, so stages on different devices (or CPU cores) compute
 at the same time in one process, sharing parameters with the caller; small ops stay GIL-bound.
-Why markers flow through the queues: after a fault every worker discards batches but forwards
-the flush and stop markers, so no queue stays full, no put blocks forever, and the caller
-re-raises the fault as :class:`~decouple.errors.StageError` and joins every thread.
+After a fault every worker discards batches but forwards the flush and stop markers, so the
+caller re-raises the fault as :class:`~decouple.errors.StageError` and joins every thread.
 """
 
 from __future__ import annotations
@@ -29,8 +30,19 @@ import torch
 
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
+from .channel import FLUSH, STOP, Channel, Marker, serve
 from .config import TrainingConfig
-from .devices import Streams, needs_transfer, ready_event, receive, stage_context, streams_for
+from .devices import (
+    Streams,
+    caller_ready,
+    follow_caller,
+    hand_back,
+    needs_transfer,
+    ready_event,
+    receive,
+    stage_context,
+    streams_for,
+)
 from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_memory, reset_peak_memory
 from .step import backward_local, forward_local, hand_on
 from .timeline import Recorder, Timeline
@@ -41,20 +53,6 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 Binder = Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]
 
 _POLL = 0.05  # seconds between checks while the caller waits
-
-
-class _Marker:
-    """A control item that every worker forwards, even after a fault."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-_FLUSH = _Marker("flush")  # every batch submitted before it is done once it reaches the end
-_STOP = _Marker("stop")  # the worker forwards it and exits
 
 
 @dataclass
@@ -131,36 +129,25 @@ class _Worker:
         return Batch(b, hand_on(result.message, config), hand_on(carry, config), batch.target, batch.samples, ready)
 
 
-def _work(worker: _Worker, inbox: queue.Queue[Any], outbox: queue.Queue[Any], faults: _Faults) -> None:
+def _work(worker: _Worker, inbox: Channel, outbox: Channel, faults: _Faults) -> None:
     """The worker loop: take a batch, train on it, hand it on; after a fault, discard until stopped."""
     index = worker.stage.index
 
-    def train(batch: Batch) -> None:
+    def train(batch: Batch) -> Batch | None:
         if faults.stopped.is_set():
-            return  # discard: a stage has failed
+            return None  # discard: a stage has failed
         try:
-            outbox.put(worker.train(batch))
+            return worker.train(batch)
         except BaseException:  # every fault, KeyboardInterrupt too, goes to the caller
             faults.report(index, batch.index, sys.exc_info())
+            return None
 
     try:
         with worker.context():
-            _serve(inbox, outbox, train)
+            serve(inbox, outbox, train)
     except BaseException:  # the device or stream could not be entered
         faults.report(index, None, sys.exc_info())
-        _serve(inbox, outbox, lambda batch: None)
-
-
-def _serve(inbox: queue.Queue[Any], outbox: queue.Queue[Any], handle: Callable[[Batch], None]) -> None:
-    """Hand every batch to ``handle`` and forward every marker, until the stop marker has passed."""
-    while True:
-        item = inbox.get()
-        if isinstance(item, _Marker):
-            outbox.put(item)
-            if item is _STOP:
-                return
-            continue
-        handle(item)
+        serve(inbox, outbox, lambda batch: None)
 
 
 class Pipeline:
@@ -198,11 +185,7 @@ class Pipeline:
         self.completed = 0  # batches the last stage has finished
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self._since_drain: tuple[int, int, float | None] = (
-            0,
-            0,
-            None,
-        )  # batches, samples, first submit after the last drain
+        self._since_drain: tuple[int, int, float | None] = (0, 0, None)  # batches, samples, first submit after a drain
         self._samples = 0
         self._started = False
 
@@ -232,8 +215,10 @@ class Pipeline:
                     streams_for(s.device))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip
-        self._queues: list[queue.Queue[Any]] = [queue.Queue(self.depth) for _ in self.stages]
-        self._done: queue.Queue[Any] = queue.Queue()
+        for worker in self._workers:  # each stage starts after what this thread queued on its GPU
+            follow_caller(worker.streams, worker.stage.device)
+        self._queues = [Channel(self.depth) for _ in self.stages]
+        self._done = Channel(None)
         outboxes = [*self._queues[1:], self._done]
         for worker, inbox, outbox in zip(self._workers, self._queues, outboxes):
             thread = threading.Thread(
@@ -255,9 +240,9 @@ class Pipeline:
         try:
             if abort:
                 self._faults.stopped.set()
-            self._put(_STOP)
+            self._put(STOP)
             stopping = True
-            self._wait_for(_STOP)
+            self._wait_for(STOP)
         finally:
             if stopping:  # a second interrupt before the stop marker went in leaves the daemon threads
                 for thread in self._threads:
@@ -276,7 +261,7 @@ class Pipeline:
         samples = batch_size(args, kwargs, target)
         if self._since_drain[2] is None:
             self._since_drain = (self._since_drain[0], self._since_drain[1], time.perf_counter())
-        self._put(Batch(self._submitted, message, target, target, samples))
+        self._put(Batch(self._submitted, message, target, target, samples, caller_ready((message, target))))
         self._submitted += 1
         self._samples += samples
         self._take_finished()
@@ -284,8 +269,8 @@ class Pipeline:
     def drain(self) -> RunStats:
         """Wait until every submitted batch is trained; statistics of the batches since the last drain."""
         self._check_open()
-        self._put(_FLUSH)
-        self._wait_for(_FLUSH)
+        self._put(FLUSH)
+        self._wait_for(FLUSH)
         self._sync()
         self._raise_fault()
         return self._stats()
@@ -313,24 +298,21 @@ class Pipeline:
 
     def _put(self, item: Any) -> None:
         inbox = self._queues[0]
-        while True:
-            try:
-                inbox.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                self._take_finished()
+        while not inbox.reserve(timeout=_POLL):
+            self._take_finished()
+        inbox.put(item)
 
     def _take_finished(self) -> None:
         """Count the batches the last stage has finished, without waiting."""
         while True:
             try:
-                item = self._done.get_nowait()
+                item = self._done.get(block=False)
             except queue.Empty:
                 return
             assert isinstance(item, Batch), f"{item!r} reached the end while nobody waited for it"
             self.completed += 1
 
-    def _wait_for(self, marker: _Marker) -> None:
+    def _wait_for(self, marker: Marker) -> None:
         """Count finished batches until ``marker`` has come out of the last stage."""
         while True:
             try:
@@ -343,7 +325,10 @@ class Pipeline:
             self.completed += 1
 
     def _sync(self) -> None:
-        """Tell the owner how many more batches have been trained (and the timeline so far)."""
+        """Tell the owner how many more batches have been trained (and the timeline so far); this thread's
+        GPU streams wait for the stages' work, so it reads parameters as the stages left them."""
+        for worker in self._workers:
+            hand_back(worker.streams, worker.stage.device)
         if self._on_sync is not None:
             self._on_sync(self.completed - self._reported, self.timeline())
         self._reported = self.completed

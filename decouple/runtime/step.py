@@ -180,10 +180,12 @@ def optimizer_step(
 
     A group of fewer than ``accumulate`` batches (the end of an epoch) has its gradient rescaled to
     the mean over the batches it holds. Returns whether the optimizer stepped (not when no batch of
-    the group left a gradient).
+    the group left a gradient). The gradients are freed once the group is over: kept until the
+    next backward they would sit beside the next forward's activations.
     """
     held, stage.accumulated = stage.accumulated, 0
     if sync is not None and held > 0 and not sync(stage):
+        _free_gradients(stage)
         return False  # a replica saw a non-finite loss in this group: none of them steps
     optimizer = stage.optimizer
     if optimizer is None or held == 0:
@@ -207,9 +209,15 @@ def optimizer_step(
             scaler.update()
     else:
         optimizer.step()
+    _free_gradients(stage)
     if stage.scheduler is not None and config.scheduler_interval == "step":
         stage.scheduler.step()
     return True
+
+
+def _free_gradients(stage: Stage) -> None:
+    if stage.optimizer is not None:
+        stage.optimizer.zero_grad(set_to_none=True)
 
 
 def end_epoch(
