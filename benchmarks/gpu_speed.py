@@ -20,11 +20,10 @@ Modes, each on the same model, batches and device, in one run:
              points, ``ScheduleLoopedBFS`` (GPipe's fill-drain order for several stages held by
              one rank), ``--microbatches`` micro-batches, one process
 
-Precisions: fp32, and bf16 with ``torch.autocast`` in the caller's thread (bp, scl, gpipe). The
-pipeline's stage threads do not inherit autocast: scl-pipe runs bf16 only where ``convert``
-takes ``precision="bf16"`` (the trainer's option), else its row says so. ``compile``: where
-``convert`` takes ``compile=True``, scl and scl-pipe also run compiled (fp32, batch 128), and bp
-with ``torch.compile``.
+Precisions: fp32, and bf16: ``torch.autocast`` in the caller's thread for bp and gpipe,
+``convert(precision="bf16")`` for scl and scl-pipe (the trainer's autocast per stage, which the
+pipeline's stage threads honour). ``--compile`` (default on; ``--no-compile`` skips it): scl and
+scl-pipe also run with ``convert(compile=True)`` (fp32, batch 128), and bp with ``torch.compile``.
 
 Timing: ``--warmup`` steps, then ``--rounds`` rounds of ``--steps`` steps; on CUDA each round is
 timed with CUDA events (recorded on the caller's stream, the end after a device-wide
@@ -128,16 +127,6 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
-def supports(option: str, value: Any) -> bool:
-    """Whether ``convert`` takes ``option`` (the trainer's ``precision`` / ``compile``)."""
-    try:
-        decouple.convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), method="scl", splits=["1"],
-                         example_inputs=(torch.randn(2, 4),), num_classes=2, **{option: value})  # fmt: skip
-        return True
-    except (TypeError, decouple.DecoupleError):
-        return False
-
-
 # -- modes: each returns a function that trains on ``steps`` batches ---------------------------
 def plain_bp(bench: Bench, device: torch.device, precision: str, compiled: bool) -> Callable[[list[Batch]], None]:
     model = bench.model().to(device)
@@ -156,15 +145,8 @@ def plain_bp(bench: Bench, device: torch.device, precision: str, compiled: bool)
 
 
 def decoupled(bench: Bench, device: torch.device, precision: str, compiled: bool, piped: bool, example: torch.Tensor) -> Callable[[list[Batch]], None]:  # fmt: skip
-    options: dict[str, Any] = {"compile": True} if compiled else {}
-    if precision == "bf16" and piped:
-        if not supports("precision", "bf16"):
-            raise NotImplementedError(
-                "not run: the stage threads do not inherit autocast; needs convert(precision='bf16')"
-            )
-        options["precision"] = "bf16"
     dm = decouple.convert(bench.model(), method="scl", splits=bench.splits, example_inputs=(example[:2].cpu(),),
-                          devices=[device], **options)  # fmt: skip
+                          devices=[device], precision="bf16" if precision == "bf16" else "32", compile=compiled)  # fmt: skip
     if piped:
         cores = torch.get_num_threads()  # what the other modes use (main() sets it on cpu)
 
@@ -181,12 +163,10 @@ def decoupled(bench: Bench, device: torch.device, precision: str, compiled: bool
                 torch.set_num_threads(before)
 
         return run_piped
-    context = nullcontext() if "precision" in options else autocast(device, precision)
 
     def run(batches: list[Batch]) -> None:
         for x, y in batches:
-            with context:
-                dm.train_step(x, target=y)
+            dm.train_step(x, target=y)
 
     return run
 
@@ -312,6 +292,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--microbatches", type=int, default=4, help="GPipe's micro-batches per batch")
     parser.add_argument("--cores", type=int, default=available_cores(), help="on cpu: the cores every mode uses")
     parser.add_argument("--out", type=Path, help="write speed.json and speed.md here")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run bp, scl and scl-pipe compiled (fp32, batch 128; default on)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.device == "cuda" and torch.cuda.is_available():
         args.device = f"cuda:{torch.cuda.current_device()}"
@@ -328,10 +310,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace, cpu: bool, tiny: bool, batches: list[int]) -> list[dict[str, Any]]:
-    compiled = supports("compile", True)
+    compiled = args.compile
     where = f"{args.cores} CPU cores for every mode" if cpu else torch.cuda.get_device_name(args.device)
     print(f"torch {torch.__version__}, {args.device} ({where}), {'tiny' if tiny else 'reduced-paper'} sizes, "
-          f"compile {'available' if compiled else 'not available in this tree (convert takes no compile=)'}", flush=True)  # fmt: skip
+          f"compile {'on' if compiled else 'off (--no-compile)'}", flush=True)  # fmt: skip
     rows = []
     for name in args.models:
         bench = Bench(name, tiny)

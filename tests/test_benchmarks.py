@@ -63,14 +63,13 @@ def test_speed_tables_compare_each_mode_with_bp_and_name_what_did_not_run() -> N
 def test_every_speed_mode_runs_on_cpu_at_tiny_sizes(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     rows = gpu_speed.main(["--device", "cpu", "--models", "transformer", "--batches", "4", "--steps", "1", "--rounds",
-                           "1", "--warmup", "1", "--cores", "1", "--out", str(tmp_path)])  # fmt: skip
+                           "1", "--warmup", "1", "--cores", "1", "--no-compile", "--out", str(tmp_path)])  # fmt: skip
     assert torch.get_num_threads() == threads, "the benchmark restores torch's thread count"
     ran = {(r["mode"], r["precision"]): r for r in rows}
     assert set(ran) == {(m, p) for m in gpu_speed.MODES for p in ("fp32", "bf16")}
     failed = {k: r["error"] for k, r in ran.items() if "error" in r}
-    # everything runs but the pipeline in bf16, whose stage threads cannot take the caller's autocast
-    assert set(failed) <= {("scl-pipe", "bf16")}, failed
-    assert all(r["samples_per_s"] > 0 for k, r in ran.items() if k not in failed)
+    assert not failed, failed  # the pipeline in bf16 too: convert(precision="bf16") reaches its stage threads
+    assert all(r["samples_per_s"] > 0 for r in ran.values())
     assert json.loads((tmp_path / "speed.json").read_text()) == rows
     assert "| transformer | fp32 | 4 |" in (tmp_path / "speed.md").read_text()
 
