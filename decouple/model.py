@@ -328,6 +328,7 @@ class DecoupledModel(nn.Module):
         depth: int = 2,
         record: bool = False,
         backend: str = "threads",
+        replicas: int = 1,
         validation: Iterable[Any] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         callbacks: Iterable[Callback] | Callback | None = None,
@@ -351,6 +352,8 @@ class DecoupledModel(nn.Module):
         ``backend="processes"`` trains with one process per stage on this machine instead of one
         thread per stage (the way past Python's GIL; see :func:`decouple.distributed.fit_processes`)
         and returns its :class:`decouple.distributed.History`; the trained state is loaded back here.
+        ``replicas=R`` (processes only) runs ``R`` data-parallel copies of every stage, each on ``1 / R``
+        of every batch, averaging their gradients.
         """
         if backend == "processes":
             from .runtime.distributed.processes import fit_processes
@@ -358,9 +361,12 @@ class DecoupledModel(nn.Module):
             if any(v is not None for v in (validation, log_dir, callbacks, checkpoint_dir)) or resume:
                 raise ConfigError("backend='processes' trains without validation, logs, callbacks or checkpoints; use "
                                   "decouple.distributed.StageTrainer(dm).fit(...) under launch() or torchrun for those")  # fmt: skip
-            return fit_processes(self, loader, epochs)
+            return fit_processes(self, loader, epochs, replicas=replicas)
         if backend != "threads":
             raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
+        if replicas != 1:
+            raise ConfigError(f"replicas={replicas!r} needs a process per stage and replica: train with "
+                              f"dm.fit(loader, epochs, backend='processes', replicas={replicas!r})")  # fmt: skip
         from .runtime.fit import fit
 
         return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,

@@ -308,3 +308,13 @@ def test_fit_processes_with_replicas_trains_the_model_in_place() -> None:
     history = fit_processes(dm, global_batches(), replicas=2, threads=1, timeout=120)
     assert dm.steps == history.batches == len(global_batches())
     assert_close_state(dm, one_process(replica_dm("early_exit", 2), global_batches()))
+
+
+@pytest.mark.timeout(300)
+def test_fit_with_the_processes_backend_takes_replicas() -> None:
+    dm = replica_dm("early_exit", 2)
+    with pytest.raises(decouple.ConfigError, match="backend='processes', replicas=2"):
+        dm.fit(global_batches(), backend="threads", replicas=2)
+    dm.fit(global_batches(), backend="processes", replicas=2)
+    assert dm.steps == len(global_batches())
+    assert_close_state(dm, one_process(replica_dm("early_exit", 2), global_batches()))
