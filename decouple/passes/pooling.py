@@ -7,7 +7,7 @@ head and, for sequences, finds the attention mask it pools with (see ``passes/ma
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,8 +157,7 @@ def source_rnn(program: Program, k: int) -> nn.RNNBase | None:
         return rnn
     plan = program.stages[k].plans[True]
     assert plan.representation is not None, "only stages before the last have a representation to pool"
-    node = program.node(True, plan.representation)
-    for _ in range(16):
+    for node in _walk_back(program, plan.representation):
         if node.op == "call_module":
             module = program.root.get_submodule(qualified_target(node))
             if isinstance(module, nn.RNNBase):
@@ -170,10 +169,6 @@ def source_rnn(program: Program, k: int) -> nn.RNNBase | None:
                 return None
         elif node.op not in ("call_function", "call_method") or _name(node.target) not in _LAYOUT_PRESERVING:
             return None
-        inputs = [a for a in node.args if isinstance(a, fx.Node)]
-        if not inputs:
-            return None
-        node = inputs[0]
     return None
 
 
@@ -186,8 +181,7 @@ def is_channel_first(program: Program, k: int) -> bool:
 
 def _channel_first(program: Program, name: str) -> bool:
     """Whether the 3-D value of node ``name`` is ``(N, C, L)``: walks back through layout-preserving ops."""
-    node = program.node(True, name)
-    for _ in range(16):  # walk back through layout-preserving ops (activations, residual adds)
+    for node in _walk_back(program, name):  # through activations, residual adds
         if node.op == "call_module":
             module = program.root.get_submodule(qualified_target(node))
             if isinstance(module, CHANNEL_FIRST_MODULES):
@@ -195,18 +189,28 @@ def _channel_first(program: Program, name: str) -> bool:
             if not isinstance(module, _LAYOUT_PRESERVING_MODULES):
                 return False
         elif node.op in ("call_function", "call_method"):
-            name = _name(node.target)
-            if name in _CHANNEL_FIRST_FUNCTIONS:
+            target = _name(node.target)
+            if target in _CHANNEL_FIRST_FUNCTIONS:
                 return True
-            if name not in _LAYOUT_PRESERVING:
+            if target not in _LAYOUT_PRESERVING:
                 return False
         else:
             return False
+    return False
+
+
+def _walk_back(program: Program, name: str, steps: int = 16) -> Iterator[fx.Node]:
+    """Node ``name`` of the train graph, then the node each came from (its first input), ``steps`` at most.
+
+    The callers stop at the first node that is not layout-preserving (dropout, activations, adds).
+    """
+    node = program.node(True, name)
+    for _ in range(steps):
+        yield node
         inputs = [a for a in node.args if isinstance(a, fx.Node)]
         if not inputs:
-            return False
+            return
         node = inputs[0]
-    return False
 
 
 def _name(target: Any) -> str:
