@@ -5,18 +5,9 @@
 
 For each model (``weights=None``, ``num_classes=10``, the smallest input it accepts) and method,
 ``convert(splits=N)`` picks the split points among the candidates (balanced, local heads
-included), then the checks run on a batch of 4 (two classes, two samples each):
-
-- ``converts``: ``convert()`` returns (its wall time is ``convert_s``);
-- ``isolation``: each stage's local loss has a non-zero gradient on its own parameters only;
-- ``inference``: the inference module equals the original in eval mode (``al``, which replaces the
-  head by design: it runs and returns ``(batch, classes)``);
-- ``state_dict``: after one training step, ``effective_state_dict()`` loads with ``strict=True``
-  into the original model object (``al``: into a fresh inference module) and gives the same outputs;
-- ``pipeline``: one batch through ``dm.pipeline()`` trains every stage (finite losses).
-
-Each model runs in its own process (a timeout and a memory limit per model, so one slow or huge
-model cannot stall the run); rows go to ``benchmarks/zoo.csv`` and ``benchmarks/zoo.md``.
+included), then the five checks of ``benchmarks/coverage.py`` (converts, isolation, inference,
+state_dict, pipeline) run on a batch of 4 (two classes, two samples each), each model in its own
+process; rows go to ``benchmarks/zoo.csv`` and ``benchmarks/zoo.md``.
 """
 
 from __future__ import annotations

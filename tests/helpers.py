@@ -31,6 +31,24 @@ def assert_gradient_isolation(dm: Any, *inputs: Any, target: Any, **kw_inputs: A
         assert touched & owned[k], f"stage {k}'s loss reaches none of its own parameters"
 
 
+def assert_inference_equals_original(model: Any, dm: Any, method: str, *inputs: Any, **kw_inputs: Any) -> None:
+    """In eval mode the inference module answers as ``model`` does (``al`` replaces the model's head by
+    design: it answers ``(batch, classes)``); leaves both in eval mode."""
+    model.eval()
+    dm.eval()
+    with torch.no_grad():
+        got = dm.inference_module()(*inputs, **kw_inputs)
+        if method == "al":
+            assert got.shape == (first_rows(inputs, kw_inputs), dm.program.num_classes)
+        else:
+            torch.testing.assert_close(got, model(*inputs, **kw_inputs))
+
+
+def first_rows(inputs: tuple[Any, ...], kw_inputs: dict[str, Any]) -> int:
+    """The batch size: the rows of the first tensor input."""
+    return next(int(t.shape[0]) for t in [*inputs, *kw_inputs.values()] if isinstance(t, torch.Tensor))
+
+
 #: method options that keep the local heads small on the tests' tiny models (the defaults follow the papers)
 SMALL_HEADS: dict[str, dict[str, Any]] = {"scl": {"head_dims": (16, 8)}, "deinfo": {"head_dims": (16, 16)}}
 

@@ -22,7 +22,7 @@ from torch import nn
 import decouple
 from decouple import ConfigError, InputError, SplitError, TargetError, TraceError
 
-from .helpers import assert_gradient_isolation
+from .helpers import assert_gradient_isolation, assert_inference_equals_original
 from .models import MLP, DataDependent, ResCNN
 
 METHODS = ["scl", "al", "early_exit", "bp"]
@@ -45,14 +45,7 @@ def _check_converted(model: nn.Module, dm: decouple.DecoupledModel, method: str,
                      target: torch.Tensor, kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Transparency in eval mode (al: the right shape), gradient isolation, and a finite training step."""
     kwargs = kwargs or {}
-    model.eval()
-    dm.eval()
-    with torch.no_grad():
-        got = dm.inference_module()(*inputs, **kwargs)
-        if method == "al":
-            assert got.shape == (target.shape[0], dm.program.num_classes)
-        else:
-            torch.testing.assert_close(got, model(*inputs, **kwargs))
+    assert_inference_equals_original(model, dm, method, *inputs, **kwargs)
     dm.train()
     if method != "bp":
         assert_gradient_isolation(dm, *inputs, target=target, **kwargs)
