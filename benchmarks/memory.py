@@ -45,6 +45,7 @@ import torchvision
 from torch import nn
 
 import decouple
+from decouple.runtime.step import backward_local, forward_local
 from decouple.tree import detach_tree
 
 try:
@@ -148,10 +149,12 @@ def _stage_alone(dm: decouple.DecoupledModel, k: int, x: torch.Tensor, y: torch.
             if result.result is not None:
                 carry = detach_tree(result.result.carry)
 
-    def step() -> None:
-        result = stages[k].run(message, carry)
+    config = dm.training_config
+
+    def step() -> None:  # the stage's local step as every runtime takes it (decouple.runtime.step)
+        result = forward_local(stages[k], config, message, carry)
         assert result.result is not None
-        stages[k].step(result.result.loss)
+        backward_local(stages[k], config, result.result.loss)
 
     return step
 

@@ -88,3 +88,15 @@ def test_the_gpu_check_dry_runs_every_step_on_cpu(tmp_path: Path) -> None:
     summary = (tmp_path / "summary.md").read_text()
     assert "## speed/speed.md" in summary and "## memory/memory.md" in summary and "| resnet18 | bp |" in summary
     assert done.stdout.rstrip().endswith(summary.rstrip().splitlines()[-1])  # the table is printed last
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [m if m in ("plain", "bp", "al", "pipe-d2", "stage0", "stage3") else pytest.param(m, marks=pytest.mark.slow)
+     for m in memory.MODES],
+)  # fmt: skip
+def test_every_memory_mode_trains_a_tiny_model(mode: str) -> None:
+    """What each fresh process would measure runs here, in process (the measure itself is tested above)."""
+    run, facts = memory.setup(memory.Config("resnet18", mode, batch=4, size=32, steps=1, threads=1, device="cpu"))
+    run()
+    assert facts["stages"] >= 1
