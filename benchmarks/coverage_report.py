@@ -56,6 +56,7 @@ def markdown(rows: Sequence[Row], methods: Sequence[str], command: str, catalog:
     apart from failures.
     """
     unbuilt = sorted({r.model: r for r in rows if not r.built}.values(), key=lambda r: r.model)
+    missing = sorted(set(catalog.names()) - {r.model for r in rows}) if catalog is not None else []
     rows = [r for r in rows if r.built]
     models = sorted({r.model for r in rows})
     by = {(r.model, r.method): r for r in rows}
@@ -111,6 +112,9 @@ def markdown(rows: Sequence[Row], methods: Sequence[str], command: str, catalog:
     if unbuilt:
         lines += ["", "## Not built (the tiny config does not build or run; not converted)", ""]
         lines += [f"- **{r.model}**: {r.error.removeprefix('build: ').strip()}" for r in unbuilt]
+    if missing:
+        lines += ["", f"## Not run ({len(missing)} models of the catalog without a row: the run was cut short)", "",
+                  ", ".join(missing)]  # fmt: skip
     lines += ["", "## Failures", ""]
     if not failures:
         lines.append(

@@ -143,6 +143,7 @@ class HFCase:
     size: int
     text: bool
     argument: str  # the forward argument the inputs go to: input_ids, pixel_values or inputs
+    masked: bool = True  # forward takes an attention_mask (FNet's does not: it mixes tokens by Fourier transform)
 
     @property
     def classes(self) -> int:
@@ -167,7 +168,7 @@ class HFCase:
         ids = torch.randint(4, VOCAB, (batch, self.size), generator=g)
         eos = getattr(config, "eos_token_id", None)
         ids[:, -1] = eos if isinstance(eos, int) and eos < VOCAB else 2  # encoder-decoder classifiers read the eos
-        if self.argument != "input_ids":
+        if self.argument != "input_ids" or not self.masked:
             return {self.argument: ids}
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
@@ -184,8 +185,9 @@ def model_case(name: str) -> HFCase:
         raise TypeError(f"{name}.forward takes none of input_ids, pixel_values, inputs")
     text = name.endswith("ForSequenceClassification") or argument == "input_ids"  # ImageGPT reads pixel clusters
     failure: Exception | None = None
+    masked = "attention_mask" in params
     for size in (TOKENS,) if text else SIZES:
-        case = HFCase(name, model_type, size, text, argument)
+        case = HFCase(name, model_type, size, text, argument, masked)
         try:
             model = case.build()
             with torch.no_grad(), warnings.catch_warnings():

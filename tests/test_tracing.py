@@ -208,3 +208,27 @@ def test_meta_propagation_matches_fake_tensors(build: Any, x: torch.Tensor) -> N
     fake = {n.name: (tuple(n.meta["val"].shape), n.meta.get("flops", 0)) for n in tr.graph.nodes
             if isinstance(n.meta.get("val"), torch.Tensor)}  # fmt: skip
     assert meta == fake
+
+
+class Funnel(nn.Module):
+    """Stride-2 convolutions down to a 1x1 map: a smaller image fails, so height and width stay pinned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(*(nn.Conv2d(3 if i == 0 else 4, 4, 2, stride=2) for i in range(3)))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x).flatten(1))
+
+
+def test_two_pinned_sizes_leave_the_batch_size_free() -> None:
+    model = Funnel()
+    dm = decouple.convert(model, "scl", ["convs.0"], (torch.randn(2, 3, 8, 8),), tracer="export", num_classes=3)
+    x = torch.randn(5, 3, 8, 8)
+    model.eval()
+    dm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dm.inference_module()(x), model(x))  # another batch size runs
+    with pytest.raises(decouple.InputError, match="dim 2 = 8"):
+        dm.inference_module()(torch.randn(5, 3, 7, 8))

@@ -89,13 +89,18 @@ def guard_fixed_dims(
 def _specialised_symbols(
     gm: fx.GraphModule, inputs: InputSpec, named: dict[str, Any], symbols: dict[str, list[Dim]]
 ) -> list[str]:
-    """The dynamic sizes the graph fails to change: all of them changed at once fails, all but one passes."""
+    """The dynamic sizes the graph fails to change: each one whose change alone fails (so that two pinned
+    sizes, an image's height and width, do not pin the batch size with them), provided the others then
+    change together; else every size (they are pinned together)."""
     if not symbols or _runs(gm, inputs, named, symbols, set(symbols)):
         return []
-    culprits = [s for s in symbols if _runs(gm, inputs, named, symbols, set(symbols) - {s})]
-    if culprits or not _runs(gm, inputs, named, symbols, set()):
-        return culprits
-    return list(symbols)  # several sizes are pinned together: keep every dynamic size at its example value
+    pinned = [s for s in symbols if not _runs(gm, inputs, named, symbols, {s})]
+    free = set(symbols) - set(pinned)
+    if not free:
+        return pinned if _runs(gm, inputs, named, symbols, set()) else []  # fails at its own sizes: no answer
+    if not _runs(gm, inputs, named, symbols, free):
+        return list(symbols)  # several sizes are pinned together: keep every dynamic size at its example value
+    return pinned
 
 
 def _runs(
