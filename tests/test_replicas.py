@@ -300,6 +300,7 @@ def test_the_example_trains_two_stages_by_two_replicas(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("stage*.pt")) == ["stage0.pt", "stage1.pt"]
 
 
+@pytest.mark.slow  # dm.fit(backend="processes", replicas=2) below runs the same path by default
 @pytest.mark.timeout(300)
 def test_fit_processes_with_replicas_trains_the_model_in_place() -> None:
     from decouple.distributed import fit_processes
