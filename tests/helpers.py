@@ -7,7 +7,11 @@ from typing import Any
 
 import torch
 
+from decouple import METHODS
 from decouple.experiments import torch_threads
+
+#: the methods the library registers, read at import (collection), before tests or examples add their own
+_LIBRARY_METHODS = dict(METHODS)
 
 
 def one_thread() -> AbstractContextManager[None]:
@@ -65,12 +69,3 @@ def registered_methods(*, decoupled: bool = False) -> list[str]:
     example's ``scl_no_detach`` lets gradients cross cuts on purpose).
     """
     return [name for name, m in _LIBRARY_METHODS.items() if not (decoupled and m.end_to_end)]
-
-
-def _library_methods() -> dict[str, Any]:
-    import decouple
-
-    return dict(decouple.METHODS)
-
-
-_LIBRARY_METHODS = _library_methods()
