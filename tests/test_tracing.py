@@ -113,6 +113,71 @@ def test_export_traces_again_when_dropout_reads_the_mode() -> None:
     assert _no_recording_classes(model) and _no_recording_classes(dm.program.root)
 
 
+class ModeBranches(nn.Module):
+    """Reads its mode in every way export sees: dropout, batch norm, a Python branch, a shared block
+    called twice (``shared@1``), a size read from an intermediate tensor, and a scratch tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.norm = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.shared(self.shared(x))
+        h = h * 2 if self.training else h + 1
+        scratch = h.new_zeros(h.shape[0], h.shape[1] + 1)
+        scratch[:, 1:] = h
+        return self.head(self.drop(self.norm(scratch[:, 1:] + h.shape[0])))
+
+
+def test_export_traces_both_modes_in_one_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = []
+    real = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: exports.append(1) or real(*a, **k))
+    model, x = ModeBranches(), torch.randn(4, 6)
+    traces = trace_modes(model, (x,), {}, tracer="export")
+    assert len(exports) == 1 and traces[True] is not traces[False]
+    for mode, tr in traces.items():  # each graph is its own pass only: one dropout, in its mode, once
+        drops = [n for n in tr.graph.nodes if "dropout" in str(n.target)]
+        assert [n.args[2] for n in drops] == [mode]
+        scopes = {key for n in tr.graph.nodes for key in n.meta.get("nn_module_stack", {})}
+        assert scopes == {"shared", "shared@1", "norm", "drop", "head"}  # calls numbered as in one pass
+    alone = {}
+    for mode in (True, False):  # the same graphs as one export per mode
+        with torch.no_grad():
+            model.train(mode)
+            torch.manual_seed(0)
+            expected = model(x)
+            torch.manual_seed(0)
+            model.train(mode)
+            alone[mode] = traces[mode].graph_module(x)
+        torch.testing.assert_close(alone[mode], expected)
+    dm = decouple.convert(model, "scl", ["norm"], (x,), tracer="export")
+    assert_gradient_isolation(dm, x, target=torch.tensor([0, 1, 2, 0]))
+    assert_inference_equals_original(model, dm, "scl", x)
+    assert _no_recording_classes(model) and "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("dynamic_sizes", ["all", "batch", "none"])
+def test_dynamic_sizes_chooses_what_export_keeps_dynamic(dynamic_sizes: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # runs on (batch, tokens, 4)
+    dm = decouple.convert(
+        model, "scl", ["1"], (torch.randn(2, 5, 4),), tracer="export", dynamic_sizes=dynamic_sizes, pool="mean"
+    )
+    infer = dm.inference_module()
+    for shape, free in (((3, 5, 4), dynamic_sizes != "none"), ((2, 7, 4), dynamic_sizes == "all")):
+        x = torch.randn(*shape)
+        if free:
+            torch.testing.assert_close(infer(x), model(x))
+        else:
+            with pytest.raises(decouple.InputError, match="size"):
+                infer(x)
+    with pytest.raises(decouple.ConfigError, match="dynamic_sizes 'batches'.*'all', 'batch', 'none'"):
+        decouple.convert(model, "scl", ["1"], (torch.randn(2, 5, 4),), tracer="export", dynamic_sizes="batches")
+
+
 def test_fx_retries_with_the_failing_module_as_a_leaf() -> None:
     model = SameNet()
     x = torch.randn(2, 3, 17, 17)
