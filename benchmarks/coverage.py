@@ -241,7 +241,7 @@ def check_method(case: Case, method: str, model: torch.nn.Module | None = None) 
     return row
 
 
-def _convert(model: torch.nn.Module, method: str, example: Any, classes: int) -> Any:
+def _convert(model: torch.nn.Module, method: str, example: Any, classes: int, **kwargs: Any) -> Any:
     """``convert(splits=STAGES)``, or fewer stages when the model has fewer candidate split points."""
     import decouple
 
@@ -249,7 +249,7 @@ def _convert(model: torch.nn.Module, method: str, example: Any, classes: int) ->
     for stages in range(STAGES, 1, -1):
         try:
             return decouple.convert(
-                model, method=method, splits=stages, example_inputs=example_inputs, num_classes=classes
+                model, method=method, splits=stages, example_inputs=example_inputs, num_classes=classes, **kwargs
             )
         except decouple.SplitError as exc:
             if stages == 2 or ("split points but" not in str(exc) and "segments between" not in str(exc)):

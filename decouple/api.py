@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from .compiler.program import Program, StageSpec
 from .compiler.splits import resolve_splits
 from .errors import ConfigError
 from .frontend.inputs import normalize_example_inputs
+from .frontend.preserve import copy_module
 from .frontend.trace import Trace, TracerName
 from .frontend.tracer import trace_modes
 from .model import DecoupledModel
@@ -47,6 +47,7 @@ def convert(
     devices: Sequence[str | torch.device] | str | torch.device | None = None,
     num_classes: int | None = None,
     tracer: TracerName = "auto",
+    dynamic_sizes: str = "all",
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     copy_model: bool = True,
@@ -80,6 +81,9 @@ def convert(
         devices: a device per stage, or fewer devices given to contiguous runs of stages.
         num_classes: needed by "al" and "early_exit" when the output is not ``(batch, classes)``.
         tracer: "auto" (fx, falling back to torch.export), "fx" or "export".
+        dynamic_sizes: which input sizes a torch.export trace keeps dynamic: "all" (default), "batch"
+            or "none"; the others are fixed to the example's and checked on entry. Fewer dynamic sizes
+            export faster where the model's size arithmetic is heavy (a chunked scan over the sequence).
         leaf_modules, autowrap_functions: passed to the fx tracer; leaf modules run as one call.
         balance: with ``splits=N``, what the stages balance, local heads included: "flops" (training
             FLOPs), "params", or "time" (wall time on the example inputs: give a realistic batch).
@@ -120,11 +124,12 @@ def convert(
         compile=compile,
     )
     args, kwargs = normalize_example_inputs(example_inputs)
-    root = copy.deepcopy(model) if copy_model else model
+    root = copy_module(model) if copy_model else model
 
     traces = trace_modes(
-        root, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions
-    )
+        root, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+        dynamic_sizes=dynamic_sizes,
+    )  # fmt: skip
 
     if splits is None:
         raise ConfigError(

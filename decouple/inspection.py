@@ -226,12 +226,13 @@ def trace_models(
     leaf_modules: Iterable[Any] = (),
     autowrap_functions: Iterable[Callable[..., Any]] = (),
     modes: tuple[bool, ...] = (True, False),
+    dynamic_sizes: str = "all",
 ) -> dict[bool, Trace]:
     """The trace of ``model`` per training mode (one object when the modes trace alike), as ``convert`` makes them."""
     args, kwargs = normalize_example_inputs(example_inputs)
     return trace_modes(
         model, args, kwargs, tracer=tracer, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
-        modes=modes,
+        modes=modes, dynamic_sizes=dynamic_sizes,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import torch
 from ..api import convert
 from ..balance import BALANCE_KINDS
 from ..errors import ConfigError, InputError
+from ..frontend.trace import DYNAMIC_SIZES
 from ..model import DecoupledModel
 from ..passes import METHODS
 from ..passes.registry import Method, parse_options
@@ -77,6 +78,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=("auto", "fx", "export"),
         help="tracing frontend (default: fx, falling back to torch.export)",
+    )
+    parser.add_argument(
+        "--dynamic-sizes",
+        default="all",
+        choices=DYNAMIC_SIZES,
+        help="which input sizes a torch.export trace keeps dynamic (default: all; the others are checked on entry)",
     )
     parser.add_argument(
         "--leaf-module",
@@ -220,7 +227,7 @@ def convert_from_args(args: argparse.Namespace) -> tuple[DecoupledModel, torch.T
     options = parse_options(args.option)
     dm = convert(
         model, method=method_from_args(args), splits=splits, example_inputs=(x,), num_classes=args.num_classes,
-        tracer=args.tracer, leaf_modules=args.leaf_module, balance=args.balance if isinstance(splits, int) else "flops", **options,
+        tracer=args.tracer, dynamic_sizes=args.dynamic_sizes, leaf_modules=args.leaf_module, balance=args.balance if isinstance(splits, int) else "flops", **options,
     )  # fmt: skip
     return dm, x
 

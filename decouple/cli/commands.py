@@ -71,7 +71,9 @@ def _splits_arguments(parser: argparse.ArgumentParser) -> None:
 def run_splits(args: argparse.Namespace) -> int:
     model = build(args)
     x = example_input(args)
-    traces = trace_models(model, (x,), tracer=args.tracer, leaf_modules=args.leaf_module)
+    traces = trace_models(
+        model, (x,), tracer=args.tracer, leaf_modules=args.leaf_module, dynamic_sizes=args.dynamic_sizes
+    )
     report = describe_splits(model, traces[True], args.stages, example_inputs=(x,), method=method_from_args(args),
                              balance=args.balance, num_classes=args.num_classes, options=parse_options(args.option),
                              eval_trace=traces[False])  # fmt: skip

@@ -15,9 +15,12 @@ import torch.fx as fx
 
 from .inputs import InputSpec
 
-__all__ = ["Trace", "TracerName"]
+__all__ = ["Trace", "TracerName", "DYNAMIC_SIZES"]
 
 TracerName = Literal["auto", "fx", "export"]
+
+#: which input sizes a torch.export trace keeps dynamic: every dimension, the batch dimension, none
+DYNAMIC_SIZES = ("all", "batch", "none")
 
 
 @dataclass
