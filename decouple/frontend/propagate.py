@@ -96,13 +96,15 @@ class _FlopCount(TorchDispatchMode):
 
 def _to_meta(value: Any) -> Any:
     """Keep shapes and dtypes of tensors without their data."""
+    if isinstance(value, torch.Tensor):
+        return _tensor_to_meta(value)  # most nodes: no tree to walk
+    return pytree.tree_map(_tensor_to_meta, value)
 
-    def convert(x: Any) -> Any:
-        if isinstance(x, torch.Tensor) and not _is_fake(x):
-            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
-        return x
 
-    return pytree.tree_map(convert, value)
+def _tensor_to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and not _is_fake(x):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
+    return x
 
 
 def _is_fake(x: torch.Tensor) -> bool:
