@@ -11,6 +11,7 @@ trains on the same synthetic batches, one after another in this one run (modes i
   bp-1t, bp-2t   plain PyTorch backprop (the model + Adam), 1 and 2 intra-op threads
   seq-1t, seq-2t decouple's sequential ``train_step``, 1 and 2 threads
   pipe-1t        decouple's 2-stage cross-batch pipeline, 1 intra-op thread per stage
+  pipe-1t-s1     the same with ``backward_slots=1`` (one stage in its backward pass at a time)
   gpipe          ``torch.distributed.pipelining.ScheduleGPipe``: 2 processes on gloo, 1 thread
                  each, the model cut in the middle (no heads), ``--microbatches`` micro-batches
   stage k alone  stage k's forward, local loss, backward and step alone, 1 thread
@@ -95,11 +96,13 @@ def run_sequential(args: argparse.Namespace, warm: Batches, data: Batches) -> Ca
     return lambda: timed(steps, warm, data)
 
 
-def run_pipeline(args: argparse.Namespace, warm: Batches, data: Batches) -> Callable[[], float]:
+def run_pipeline(
+    args: argparse.Namespace, warm: Batches, data: Batches, backward_slots: int | None = None
+) -> Callable[[], float]:
     dm = convert(args)
 
     def steps(batches: Batches) -> None:
-        with dm.pipeline(depth=args.queue_depth) as pipe:
+        with dm.pipeline(depth=args.queue_depth, backward_slots=backward_slots) as pipe:
             for x, y in batches:
                 pipe.submit(x, target=y)
             pipe.drain()
@@ -295,6 +298,7 @@ def main() -> None:
         "seq-1t": (1, run_sequential(args, warm, data)),
         "seq-2t": (2, run_sequential(args, warm, data)),
         "pipe-1t": (1, run_pipeline(args, warm, data)),
+        "pipe-1t-s1": (1, run_pipeline(args, warm, data, backward_slots=1)),
     }
     for k in range(dm.num_stages):
         modes[f"stage {k} alone"] = (1, run_stage_alone(args, warm, data, k))

@@ -296,13 +296,15 @@ class DecoupledModel(nn.Module):
         return f"method={self.method!r}, stages={self.num_stages}"
 
     # -- pipelined training -----------------------------------------------------------------
-    def pipeline(self, *, depth: int = 2, record: bool = False) -> Pipeline:
+    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: int | None = None) -> Pipeline:
         """A cross-batch pipeline over the stages: one worker thread per stage (see ``runtime/pipeline.py``).
 
         ``with dm.pipeline() as pipe: pipe.submit(x, target=y); ...; stats = pipe.drain()``.
         ``submit`` returns once stage 0 has room; ``depth`` is how many batches each stage's queue
-        holds (activations in flight); ``record=True`` records a timeline (:meth:`timeline`).
-        Training equals ``train_step`` on the same batches in the same order.
+        holds (activations in flight); ``record=True`` records a timeline (:meth:`timeline`);
+        ``backward_slots=k`` lets at most ``k`` stages of one device run their backward pass at once
+        (lower peak memory, less overlap on that device; default: no limit). Training equals ``train_step`` on the same batches
+        in the same order, whatever the depth and slots.
         """
         if self.end_to_end:
             raise ConfigError(
@@ -310,7 +312,7 @@ class DecoupledModel(nn.Module):
                 "at once; use train_step() or fit() (which trains it sequentially), or convert with a decoupled method"
             )
         return Pipeline(list(self.stages), bind=self.bind, depth=depth, record=record, on_sync=self._pipeline_sync,
-                        config=self.training_config)  # fmt: skip
+                        config=self.training_config, backward_slots=backward_slots)  # fmt: skip
 
     def _pipeline_sync(self, batches: int, timeline: Timeline | None) -> None:
         self.steps += batches
@@ -327,6 +329,7 @@ class DecoupledModel(nn.Module):
         on_epoch_end: Callable[[int, RunStats], Any] | None = None,
         depth: int = 2,
         record: bool = False,
+        backward_slots: int | None = None,
         backend: str = "threads",
         replicas: int = 1,
         validation: Iterable[Any] | None = None,
@@ -340,7 +343,8 @@ class DecoupledModel(nn.Module):
 
         Batches are ``(x, y)``, ``(*inputs, y)`` or dicts of keyword inputs with the target under
         ``"target"`` (or ``"labels"``, ``"label"``, ``"y"``). Decoupled methods train through
-        :meth:`pipeline` unless ``pipelined=False``; ``bp`` trains sequentially. A progress bar per
+        :meth:`pipeline` (``depth``, ``record``, ``backward_slots``) unless ``pipelined=False``; ``bp`` trains
+        sequentially. A progress bar per
         epoch shows per-stage losses, accuracy, learning rate and validation accuracy.
         ``validation``: a loader evaluated after each epoch on the inference path (``stats.validation``).
         ``log_dir``: CSV files (and TensorBoard events when installed). ``callbacks``:
@@ -370,7 +374,7 @@ class DecoupledModel(nn.Module):
         from .runtime.fit import fit
 
         return fit(self, loader, epochs, pipelined=pipelined, progress=progress, on_epoch_end=on_epoch_end,
-                   depth=depth, record=record, validation=validation, log_dir=log_dir, callbacks=callbacks,
+                   depth=depth, record=record, backward_slots=backward_slots, validation=validation, log_dir=log_dir, callbacks=callbacks,
                    checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints)  # fmt: skip
 
     def timeline(self) -> Timeline:

@@ -282,6 +282,8 @@ def test_bad_inputs_raise_in_the_caller_and_shut_down() -> None:
 def test_pipeline_options_are_checked() -> None:
     with pytest.raises(decouple.ConfigError, match="depth must be an int >= 1"):
         _mlp().pipeline(depth=0)
+    with pytest.raises(decouple.ConfigError, match="backward_slots must be an int >= 1"):
+        _mlp().pipeline(backward_slots=0)
     with pytest.raises(decouple.ConfigError, match="end to end"):
         _mlp("bp").pipeline()
     with pytest.raises(decouple.ConfigError, match="not running"):

@@ -61,6 +61,7 @@ def fit(
     on_epoch_end: EpochFunction | None = None,
     depth: int = 2,
     record: bool = False,
+    backward_slots: int | None = None,
     validation: Iterable[Any] | None = None,
     log_dir: Path_ | None = None,
     callbacks: Iterable[Callback] | Callback | None = None,
@@ -89,7 +90,7 @@ def fit(
     run = _Run(dm, loader, epochs, hooks, history, progress, validation, checkpoint_dir, keep)
     hooks.on_fit_start(dm, first, epochs)
     if use_pipeline and first < epochs:
-        with dm.pipeline(depth=depth, record=record) as pipe:
+        with dm.pipeline(depth=depth, record=record, backward_slots=backward_slots) as pipe:
             for epoch in range(first, epochs):
                 run.epoch(epoch, lambda bar, epoch=epoch: run.pipelined(pipe, bar, epoch))  # type: ignore[misc]
     else:

@@ -8,6 +8,12 @@ batch ``b`` after exactly the updates of batches ``0 .. b - 1``, as in
 :func:`.sequential.train_step`, and pipelined training equals sequential training (bit for bit
 with one intra-op thread).
 
+Memory: every stage holds its own activations, and by default all stages may run their backward
+pass at once, each with its transient buffers and fresh gradients, so the pipeline peaks at about the
+sum of the stages' own peaks. ``backward_slots=k`` lets at most ``k`` stages of one device run backward
+at once (the others wait, holding their forward activations; stages on other devices never wait for
+them): less memory, less overlap on that device (see ``BackwardGate``).
+
 Why threads: torch ops release the GIL, so stages on different devices (or CPU cores) compute
 at the same time in one process, sharing parameters with the caller; small ops stay GIL-bound.
 After a fault every worker discards batches but forwards the flush and stop markers, so the
@@ -20,8 +26,8 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -47,7 +53,7 @@ from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_m
 from .step import backward_local, forward_local, hand_on
 from .timeline import Recorder, Timeline
 
-__all__ = ["Batch", "Pipeline"]
+__all__ = ["Batch", "Pipeline", "BackwardGate"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 Binder = Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]
@@ -90,9 +96,33 @@ class _Faults:
         self.stopped.set()
 
 
+class BackwardGate:
+    """At most ``slots`` stages of one device in their backward pass (and optimizer step) at once.
+
+    A stage waits for a slot after its forward pass and local loss, and gives it back when its
+    step is done and, on a GPU, has finished on its stream (so that its transient buffers are
+    free before another stage's backward begins). Waiting holds no lock another stage needs:
+    the stage in backward never waits for a stage that waits here.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    @contextmanager
+    def slot(self, streams: Streams | None) -> Iterator[None]:
+        self._semaphore.acquire()
+        try:
+            yield
+            if streams is not None:
+                torch.cuda.current_stream().synchronize()
+        finally:
+            self._semaphore.release()
+
+
 @dataclass
 class _Worker:
-    """What one stage's thread needs: the stage, its meter and recorder, its CUDA streams."""
+    """What one stage's thread needs: the stage, its meter and recorder, its CUDA streams, the backward gate."""
 
     stage: Stage
     config: TrainingConfig
@@ -100,6 +130,7 @@ class _Worker:
     recorder: Recorder
     last: bool
     streams: Streams | None = None
+    gate: BackwardGate | None = None
 
     def context(self) -> AbstractContextManager[Any]:
         """The stage's device and compute stream for the whole worker loop (nothing on CPU)."""
@@ -117,7 +148,8 @@ class _Worker:
         result = forward_local(stage, config, message, carry, phase=lambda name: rec.phase(b, name))
         local = result.result
         if local is not None:
-            backward_local(stage, config, local.loss, batch=b, phase=lambda name: rec.phase(b, name))
+            with self.gate.slot(self.streams) if self.gate is not None else nullcontext():
+                backward_local(stage, config, local.loss, batch=b, phase=lambda name: rec.phase(b, name))
             carry = local.carry
         ready = ready_event(self.streams)
         if local is not None:
@@ -158,7 +190,8 @@ class Pipeline:
     batches (or, after an error or KeyboardInterrupt, discards them) and joins every worker.
     ``on_sync(batches, timeline)`` is told at each drain and at the close how many more batches
     every stage has trained. ``config`` is how each stage steps (precision, accumulation, clipping,
-    schedules; :mod:`.step`), the same as the sequential step.
+    schedules; :mod:`.step`), the same as the sequential step. ``backward_slots``: at most this many
+    stages of one device run backward at once (``None``: all may), trading overlap for peak memory.
     """
 
     def __init__(
@@ -170,9 +203,18 @@ class Pipeline:
         record: bool = False,
         on_sync: Callable[[int, Timeline | None], None] | None = None,
         config: TrainingConfig | None = None,
+        backward_slots: int | None = None,
     ) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be an int >= 1 (batches each queue holds), got {depth!r}")
+        if backward_slots is not None and (
+            isinstance(backward_slots, bool) or not isinstance(backward_slots, int) or backward_slots < 1
+        ):
+            raise ConfigError(
+                f"backward_slots must be an int >= 1 (stages in their backward pass at once) or None (no limit), "
+                f"got {backward_slots!r}"
+            )
+        self.backward_slots = backward_slots
         self.stages = list(stages)
         self.config = config or TrainingConfig()
         self.depth = depth
@@ -210,9 +252,11 @@ class Pipeline:
         self.origin = time.perf_counter()
         devices = [s.device for s in self.stages]
         reset_peak_memory(devices)
+        slots = self.backward_slots
+        gates = {str(d): BackwardGate(slots) for d in devices} if slots is not None else {}  # one per device
         self._workers = [
             _Worker(s, self.config, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
-                    streams_for(s.device))
+                    streams_for(s.device), gates.get(str(s.device)))
             for k, s in enumerate(self.stages)
         ]  # fmt: skip
         for worker in self._workers:  # each stage starts after what this thread queued on its GPU

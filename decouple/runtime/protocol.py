@@ -51,7 +51,7 @@ class StagedModel(Protocol):
     def task_loss(self, output: Any, target: Any) -> Any:
         """The conversion's task loss (``loss_fn``) on what the model returns."""
 
-    def pipeline(self, *, depth: int = 2, record: bool = False) -> Pipeline:
+    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: int | None = None) -> Pipeline:
         """A cross-batch pipeline over the stages."""
 
     def train(self, mode: bool = True) -> Any: ...
