@@ -160,6 +160,20 @@ def test_export_traces_both_modes_in_one_export(monkeypatch: pytest.MonkeyPatch)
     assert _no_recording_classes(model) and "forward" not in model.__dict__
 
 
+class ComparesModeInTrain(nn.Sequential):
+    """``train()`` reads the old mode, as Hugging Face's ``PreTrainedModel.train`` does; forward never does."""
+
+    def train(self, mode: bool = True) -> ComparesModeInTrain:
+        self.changed = self.training != mode
+        return super().train(mode)
+
+
+def test_setting_the_mode_is_not_a_read_of_it() -> None:
+    model = ComparesModeInTrain(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    traces = trace_modes(model, (torch.randn(2, 4),), {}, tracer="export")
+    assert traces[True] is traces[False] and traces[True].mode_readers == set()
+
+
 @pytest.mark.parametrize("dynamic_sizes", ["all", "batch", "none"])
 def test_dynamic_sizes_chooses_what_export_keeps_dynamic(dynamic_sizes: str) -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # runs on (batch, tokens, 4)

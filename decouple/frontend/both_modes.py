@@ -4,7 +4,8 @@ A model whose modules read ``self.training`` needs a graph per mode. Exporting t
 instead :func:`both_modes` makes ``forward`` run in eval mode, then in train mode (so that the train
 pass's updates of running statistics cannot reach the eval pass), returning ``(eval output, marker,
 train output)``, and :func:`split_passes` cuts the joint graph after the marker's node. The second
-pass is cheap: export's fake-tensor and symbolic-shape caches already hold what the first computed.
+pass usually costs little (export's fake-tensor and symbolic-shape caches hold what the first
+computed), and it is not run at all when the first read no module's ``training`` flag.
 
 What the cut takes care of: module calls of the second pass are renumbered (export counts
 ``layer@1`` on); sizes the second pass reads from first-pass tensors (export gives each symbolic size
@@ -26,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import TraceError
+from .mode_reads import unrecorded
 
 __all__ = ["both_modes", "split_passes", "has_root_hooks", "is_guards_call"]
 
@@ -36,11 +38,13 @@ def has_root_hooks(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def both_modes(model: nn.Module, modes: list[bool]) -> Iterator[dict[str, int]]:
+def both_modes(model: nn.Module, modes: list[bool], readers: set[str]) -> Iterator[dict[str, int]]:
     """With two modes, ``model.forward`` runs once per mode and returns ``(first, marker, second)``.
 
     Yields how many times each module (by qualified name) was called in the first pass, filled while
-    the export runs. The marker is a fresh empty tensor made between the passes: its node divides the graph.
+    the export runs. The marker is a fresh empty tensor made between the passes: its node divides the
+    graph. ``readers`` is the set the mode-read recorder fills: when the first pass read no module's
+    ``training`` flag, the second cannot differ and is not run (``second`` is ``first``).
     """
     calls: dict[str, int] = {}
     if len(modes) == 1:
@@ -49,11 +53,10 @@ def both_modes(model: nn.Module, modes: list[bool]) -> Iterator[dict[str, int]]:
     names: dict[int, str] = {}
     for name, module in model.named_modules():
         names.setdefault(id(module), name)
-    counting = [True]
 
     def count(module: nn.Module, args: Any) -> None:
         name = names.get(id(module))
-        if counting[0] and name:  # not the root: its one call holds both passes
+        if name:  # not the root: its one call holds both passes
             calls[name] = calls.get(name, 0) + 1
 
     original = model.forward
@@ -61,20 +64,23 @@ def both_modes(model: nn.Module, modes: list[bool]) -> Iterator[dict[str, int]]:
 
     @functools.wraps(original)
     def joint(*args: Any, **kwargs: Any) -> tuple[Any, torch.Tensor, Any]:
-        with _flags(model, modes[0]):
-            first = original(*args, **kwargs)
-        counting[0] = False
+        handle = nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            with _flags(model, modes[0]):
+                first = original(*args, **kwargs)
+        finally:
+            handle.remove()
         marker = torch.zeros(0)  # its node divides the passes
+        if not readers:
+            return first, marker, first
         with _flags(model, modes[1]):
             second = original(*args, **kwargs)
         return first, marker, second
 
-    handle = nn.modules.module.register_module_forward_pre_hook(count)
     model.forward = joint
     try:
         yield calls
     finally:
-        handle.remove()
         if own is None:
             del model.forward
         else:
@@ -83,12 +89,12 @@ def both_modes(model: nn.Module, modes: list[bool]) -> Iterator[dict[str, int]]:
 
 @contextlib.contextmanager
 def _flags(model: nn.Module, training: bool) -> Iterator[None]:
-    """Every module's ``training`` flag set for the block, written and restored without reading it as a
+    """``model.train(training)`` for the block; the flags are saved and restored without reading them as a
     model does (``mode_reads`` records reads)."""
     modules = list(model.modules())
     saved = [m.__dict__["training"] for m in modules]
-    for m in modules:
-        m.__dict__["training"] = training
+    with unrecorded():
+        model.train(training)
     try:
         yield
     finally:

@@ -83,7 +83,7 @@ def trace_export_modes(
     wanted = sorted(set(modes))  # False first: the eval pass must not see the train pass's buffer updates
     if len(wanted) > 1 and has_root_hooks(model):
         return _per_mode(model, args, kwargs, inputs, modes, known_pins, dynamic_sizes)
-    with recording_mode_reads(model) as readers, both_modes(model, wanted) as calls:
+    with recording_mode_reads(model) as readers, both_modes(model, wanted, readers) as calls:
         exported = _export(model, named, dynamic_sizes)
     gm = exported.module()
     in_spec, out_spec = gm._in_spec, gm._out_spec

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["recording_mode_reads", "original_class"]
+__all__ = ["recording_mode_reads", "original_class", "unrecorded"]
 
 #: the recorder each swapped class reports to while a trace runs (one at a time: tracing is not reentrant)
 _active: list[set[str]] = []
@@ -83,3 +83,14 @@ def recording_mode_reads(model: nn.Module) -> Iterator[set[str]]:
         for module, cls in swapped:
             module.__class__ = cls
             _names.pop(id(module), None)
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Reads of ``training`` in the block are not recorded (setting a model's mode, not the model reading it:
+    ``PreTrainedModel.train`` compares the old mode with the new)."""
+    _active.append(set())
+    try:
+        yield
+    finally:
+        _active.pop()
