@@ -118,6 +118,9 @@ def split_passes(graph: fx.Graph, out_spec: Any, calls: dict[str, int]) -> dict[
         raise TraceError("torch.export reordered the outputs of the two training-mode passes")
     nodes = [n for n in graph.nodes if n.op != "output" and not is_guards_call(n)]
     first = nodes[: nodes.index(marker)]
+    if train_leaves == eval_leaves:  # the second pass did not run (no module read its mode): one graph
+        graph_of_both = _subgraph(first, eval_leaves, set())
+        return {False: (graph_of_both, eval_spec), True: (graph_of_both, train_spec)}
     _sizes_from_inputs(graph, set(first), nodes[len(first) + 1 :])
     nodes = [n for n in graph.nodes if n.op != "output" and not is_guards_call(n)]
     for node in nodes[len(first) + 1 :]:
@@ -218,9 +221,7 @@ def _subgraph(nodes: list[fx.Node], outputs: list[Any], earlier: set[fx.Node]) -
     effects = [n for n in nodes if n in earlier and n.op == "call_function" and n.is_impure(impure_random=False)]
     grew = True
     while grew:
-        acting = [
-            n for n in effects if n not in needed and n.args and isinstance(n.args[0], fx.Node) and n.args[0] in needed
-        ]
+        acting = [n for n in effects if n not in needed and any(t in needed for t in _written(n))]
         need(acting)
         grew = bool(acting)
     new = fx.Graph()
@@ -230,6 +231,17 @@ def _subgraph(nodes: list[fx.Node], outputs: list[Any], earlier: set[fx.Node]) -
             env[node] = new.node_copy(node, env.__getitem__)
     new.output(fx.node.map_arg(tuple(outputs), env.__getitem__))
     return new
+
+
+def _written(node: fx.Node) -> list[fx.Node]:
+    """The tensor an in-place op writes (its first argument) and the tensors that one is a view of."""
+    written = []
+    value = node.args[0] if node.args else None
+    while isinstance(value, fx.Node):
+        written.append(value)
+        target = value.target
+        value = value.args[0] if isinstance(target, torch._ops.OpOverload) and target.is_view and value.args else None
+    return written
 
 
 def _renumber_calls(node: fx.Node, calls: dict[str, int]) -> None:
