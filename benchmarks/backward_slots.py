@@ -4,9 +4,9 @@
     python benchmarks/backward_slots.py --model resnet50    # batch 48 x 160
 
 The depth-2 ``scl`` pipeline over four stages (the splits of ``benchmarks/memory.py``) trains the
-same batch with ``backward_slots`` unlimited, 2 and 1, interleaved (each round runs every setting
+same batch with ``backward_slots`` unlimited (``None``), 2 (what ``"auto"`` gives a CPU) and 1, interleaved (each round runs every setting
 once), after a warm-up; the median images/s per setting and its ratio to unlimited are printed.
-``benchmarks/memory.py --modes pipe-d2 pipe-d2-s2 pipe-d2-s1`` measures what each costs in memory.
+``benchmarks/memory.py --modes pipe-d2-snone pipe-d2-s2 pipe-d2-s1`` measures what each costs in memory.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ Modes (all on the same model, batch and thread count):
   scl, early_exit, al
                decouple's sequential ``train_step`` (al cuts after every block: it replaces the head)
   pipe-dN      ``scl`` through ``dm.pipeline(depth=N)``: ``--steps + stages - 1`` batches, so that
-               every stage trains at once for ``--steps`` batches after the fill
-  pipe-dN-sK   the same with ``backward_slots=K`` (at most K stages in their backward pass at once)
+               every stage trains at once for ``--steps`` batches after the fill (default
+               ``backward_slots="auto"``: at most 2 stages of a CPU in their backward pass at once)
+  pipe-dN-sK   the same with ``backward_slots=K``; ``-snone``: no limit
   stageK       ``scl``'s stage K alone (forward, local loss, backward, step) on a precomputed input
 
 Targets (issue 19): decoupled ``train_step`` <= 0.75x bp; ``pipe-d2`` <= 1.05x bp; bp within 3% of plain.
@@ -100,6 +101,7 @@ MODES = [
     "pipe-d2",
     "pipe-d2-s1",
     "pipe-d2-s2",
+    "pipe-d2-snone",
     "pipe-d4",
     "stage0",
     "stage1",
@@ -186,7 +188,7 @@ def setup(c: Config) -> tuple[Callable[[], None], dict[str, Any]]:
     if c.mode.startswith("pipe-d"):
         depth_part, _, slots_part = c.mode[len("pipe-d") :].partition("-s")
         depth, batches = int(depth_part), c.steps + dm.num_stages - 1
-        slots = int(slots_part) if slots_part else None
+        slots: int | str | None = "auto" if not slots_part else None if slots_part == "none" else int(slots_part)
         facts["batches"] = batches
 
         def piped() -> None:
@@ -267,7 +269,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in rows):
         peak = {r["mode"]: r["peak"] for r in rows if r["model"] == model and "peak" in r}
         checks = [(m, peak[m] / peak["bp"], 0.75) for m in ("scl", "early_exit", "al") if m in peak and "bp" in peak]
-        for pipe in ("pipe-d2", "pipe-d2-s2", "pipe-d2-s1"):
+        for pipe in ("pipe-d2", "pipe-d2-snone", "pipe-d2-s2", "pipe-d2-s1"):
             if pipe in peak and "bp" in peak:
                 checks.append((pipe, peak[pipe] / peak["bp"], 1.05))
         for mode, ratio, limit in checks:

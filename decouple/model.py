@@ -22,6 +22,7 @@ from .compiler.program import InferenceTail, Program
 from .errors import ConfigError
 from .param_counts import ParamCounts, StageCounts, count
 from .runtime import sequential
+from .runtime.backward_gate import BackwardSlots
 from .runtime.callbacks import Callback
 from .runtime.config import TrainingConfig
 from .runtime.pipeline import Pipeline
@@ -296,14 +297,15 @@ class DecoupledModel(nn.Module):
         return f"method={self.method!r}, stages={self.num_stages}"
 
     # -- pipelined training -----------------------------------------------------------------
-    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: int | None = None) -> Pipeline:
+    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: BackwardSlots = "auto") -> Pipeline:
         """A cross-batch pipeline over the stages: one worker thread per stage (see ``runtime/pipeline.py``).
 
         ``with dm.pipeline() as pipe: pipe.submit(x, target=y); ...; stats = pipe.drain()``.
         ``submit`` returns once stage 0 has room; ``depth`` is how many batches each stage's queue
         holds (activations in flight); ``record=True`` records a timeline (:meth:`timeline`);
         ``backward_slots=k`` lets at most ``k`` stages of one device run their backward pass at once
-        (lower peak memory, less overlap on that device; default: no limit). Training equals ``train_step`` on the same batches
+        (lower peak memory, less overlap on that device; ``None``: no limit; default ``"auto"``: two per
+        CPU, no limit on GPUs). Training equals ``train_step`` on the same batches
         in the same order, whatever the depth and slots.
         """
         if self.end_to_end:
@@ -329,7 +331,7 @@ class DecoupledModel(nn.Module):
         on_epoch_end: Callable[[int, RunStats], Any] | None = None,
         depth: int = 2,
         record: bool = False,
-        backward_slots: int | None = None,
+        backward_slots: BackwardSlots = "auto",
         backend: str = "threads",
         replicas: int = 1,
         validation: Iterable[Any] | None = None,

@@ -282,8 +282,9 @@ def test_bad_inputs_raise_in_the_caller_and_shut_down() -> None:
 def test_pipeline_options_are_checked() -> None:
     with pytest.raises(decouple.ConfigError, match="depth must be an int >= 1"):
         _mlp().pipeline(depth=0)
-    with pytest.raises(decouple.ConfigError, match="backward_slots must be an int >= 1"):
-        _mlp().pipeline(backward_slots=0)
+    for bad in (0, "all", 1.5):
+        with pytest.raises(decouple.ConfigError, match="backward_slots must be an int >= 1"):
+            _mlp().pipeline(backward_slots=bad)  # type: ignore[arg-type]
     with pytest.raises(decouple.ConfigError, match="end to end"):
         _mlp("bp").pipeline()
     with pytest.raises(decouple.ConfigError, match="not running"):
@@ -428,3 +429,20 @@ def test_pipeline_across_devices_matches_sequential(devices: list[str]) -> None:
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
     assert [m is not None for m in stats.peak_memory] == [s.device.type == "cuda" for s in piped.stages]
     assert not piped.timeline().violations()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.cuda
+@pytest.mark.parametrize("slots", [1, "auto", None])
+def test_backward_slots_on_a_gpu_match_sequential(slots: int | str | None) -> None:
+    from decouple.runtime.backward_gate import slots_for
+
+    assert slots_for("auto", "cuda:0") is None and slots_for("auto", "cpu") == 2
+    data = _vectors([8, 8, 8, 8, 5])
+    devices = ["cuda:0", "cuda:0", "cuda:0"]
+    reference, piped = _mlp(devices=devices), _mlp(devices=devices)
+    _sequential(reference, data)
+    _pipelined(piped, data, backward_slots=slots)  # one slot: each backward finishes on its stream first
+    for x, y in zip(_state(reference), _state(piped)):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

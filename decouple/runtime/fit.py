@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from . import sequential
+from .backward_gate import BackwardSlots
 from .batches import unpack_batch
 from .callbacks import Callback, CallbackList, EpochFunction, StepLog, as_callbacks
 from .checkpoints import (
@@ -61,7 +62,7 @@ def fit(
     on_epoch_end: EpochFunction | None = None,
     depth: int = 2,
     record: bool = False,
-    backward_slots: int | None = None,
+    backward_slots: BackwardSlots = "auto",
     validation: Iterable[Any] | None = None,
     log_dir: Path_ | None = None,
     callbacks: Iterable[Callback] | Callback | None = None,

@@ -12,7 +12,9 @@ Memory: every stage holds its own activations, and by default all stages may run
 pass at once, each with its transient buffers and fresh gradients, so the pipeline peaks at about the
 sum of the stages' own peaks. ``backward_slots=k`` lets at most ``k`` stages of one device run backward
 at once (the others wait, holding their forward activations; stages on other devices never wait for
-them): less memory, less overlap on that device (see ``BackwardGate``).
+them): less memory, less overlap on that device (see ``BackwardGate``). The default, ``"auto"``, is two
+per CPU (4-stage vit_b_16: 0.88x bp's peak instead of up to 1.11x, at 0.97x the speed) and no limit on
+a GPU (where a slot also waits for its stream: unmeasured, so not imposed).
 
 Why threads: torch ops release the GIL, so stages on different devices (or CPU cores) compute
 at the same time in one process, sharing parameters with the caller; small ops stay GIL-bound.
@@ -26,8 +28,8 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -36,6 +38,7 @@ import torch
 
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
+from .backward_gate import BackwardGate, BackwardSlots, slots_for
 from .channel import FLUSH, STOP, Channel, Marker, serve
 from .config import TrainingConfig
 from .devices import (
@@ -53,7 +56,7 @@ from .stats import RunStats, StageMeter, batch_size, correct_predictions, peak_m
 from .step import backward_local, forward_local, hand_on
 from .timeline import Recorder, Timeline
 
-__all__ = ["Batch", "Pipeline", "BackwardGate"]
+__all__ = ["Batch", "Pipeline"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 Binder = Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]
@@ -94,30 +97,6 @@ class _Faults:
             if self.first is None:
                 self.first = _Fault(stage, batch, exc_info)
         self.stopped.set()
-
-
-class BackwardGate:
-    """At most ``slots`` stages of one device in their backward pass (and optimizer step) at once.
-
-    A stage waits for a slot after its forward pass and local loss, and gives it back when its
-    step is done and, on a GPU, has finished on its stream (so that its transient buffers are
-    free before another stage's backward begins). Waiting holds no lock another stage needs:
-    the stage in backward never waits for a stage that waits here.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._semaphore = threading.BoundedSemaphore(slots)
-
-    @contextmanager
-    def slot(self, streams: Streams | None) -> Iterator[None]:
-        self._semaphore.acquire()
-        try:
-            yield
-            if streams is not None:
-                torch.cuda.current_stream().synchronize()
-        finally:
-            self._semaphore.release()
 
 
 @dataclass
@@ -191,7 +170,8 @@ class Pipeline:
     ``on_sync(batches, timeline)`` is told at each drain and at the close how many more batches
     every stage has trained. ``config`` is how each stage steps (precision, accumulation, clipping,
     schedules; :mod:`.step`), the same as the sequential step. ``backward_slots``: at most this many
-    stages of one device run backward at once (``None``: all may), trading overlap for peak memory.
+    stages of one device run backward at once (``None``: all may; ``"auto"``: two per CPU, no limit on
+    GPUs), trading overlap for peak memory.
     """
 
     def __init__(
@@ -203,16 +183,16 @@ class Pipeline:
         record: bool = False,
         on_sync: Callable[[int, Timeline | None], None] | None = None,
         config: TrainingConfig | None = None,
-        backward_slots: int | None = None,
+        backward_slots: BackwardSlots = "auto",
     ) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be an int >= 1 (batches each queue holds), got {depth!r}")
-        if backward_slots is not None and (
+        if not (backward_slots is None or backward_slots == "auto") and (
             isinstance(backward_slots, bool) or not isinstance(backward_slots, int) or backward_slots < 1
         ):
             raise ConfigError(
-                f"backward_slots must be an int >= 1 (stages in their backward pass at once) or None (no limit), "
-                f"got {backward_slots!r}"
+                f"backward_slots must be an int >= 1 (stages of one device in their backward pass at once), None "
+                f"(no limit) or 'auto' (2 per CPU, no limit on GPUs), got {backward_slots!r}"
             )
         self.backward_slots = backward_slots
         self.stages = list(stages)
@@ -252,8 +232,7 @@ class Pipeline:
         self.origin = time.perf_counter()
         devices = [s.device for s in self.stages]
         reset_peak_memory(devices)
-        slots = self.backward_slots
-        gates = {str(d): BackwardGate(slots) for d in devices} if slots is not None else {}  # one per device
+        gates = {str(d): BackwardGate(k) for d in devices if (k := slots_for(self.backward_slots, d)) is not None}
         self._workers = [
             _Worker(s, self.config, StageMeter(), Recorder(s.index, s.device, self.origin, enabled=self.record), k == len(self.stages) - 1,
                     streams_for(s.device), gates.get(str(s.device)))

@@ -13,6 +13,7 @@ from ..codegen.stage import StageList
 from .config import TrainingConfig
 
 if TYPE_CHECKING:
+    from .backward_gate import BackwardSlots
     from .pipeline import Pipeline
 
 __all__ = ["StagedModel"]
@@ -51,7 +52,7 @@ class StagedModel(Protocol):
     def task_loss(self, output: Any, target: Any) -> Any:
         """The conversion's task loss (``loss_fn``) on what the model returns."""
 
-    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: int | None = None) -> Pipeline:
+    def pipeline(self, *, depth: int = 2, record: bool = False, backward_slots: BackwardSlots = "auto") -> Pipeline:
         """A cross-batch pipeline over the stages."""
 
     def train(self, mode: bool = True) -> Any: ...
