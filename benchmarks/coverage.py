@@ -194,7 +194,7 @@ def _pipeline(dm: Any, x: Any, y: torch.Tensor) -> str | None:
     return f"non-finite losses {bad}" if bad else None
 
 
-def check_method(case: Case, method: str, model: torch.nn.Module | None = None) -> Row:
+def check_method(case: Case, method: str, model: torch.nn.Module | None = None, dynamic_sizes: str = "all") -> Row:
     """Convert ``case``'s model with ``method`` and run every check; failures are recorded, not raised."""
     import decouple
     from decouple.compiler.candidates import candidate_splits
@@ -208,7 +208,7 @@ def check_method(case: Case, method: str, model: torch.nn.Module | None = None) 
     step = "converts"
     try:
         t0 = time.perf_counter()
-        dm = _convert(model, method, _rows(x, 2), case.classes)
+        dm = _convert(model, method, _rows(x, 2), case.classes, dynamic_sizes=dynamic_sizes)
         row.convert_s = time.perf_counter() - t0
         row.converts, row.stages = True, dm.num_stages
         part = dm.program.partitions[True]
@@ -265,7 +265,9 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- worker process ------------------------------------------------------------------------
-def _worker(catalog: Catalog, name: str, methods: Sequence[str], out: str, threads: int, max_gib: float) -> None:
+def _worker(
+    catalog: Catalog, name: str, methods: Sequence[str], out: str, threads: int, max_gib: float, dynamic_sizes: str
+) -> None:
     """Run one model's methods in this process, appending one JSON row per method to ``out``."""
     limit = int(max_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -277,7 +279,7 @@ def _worker(catalog: Catalog, name: str, methods: Sequence[str], out: str, threa
             _append(out, Row(name, method, error=f"build: {_describe(exc)}", failed=["converts"], built=False))
         return
     for method in methods:
-        row = check_method(case, method)
+        row = check_method(case, method, dynamic_sizes=dynamic_sizes)
         _append(out, row)
         gc.collect()
 
@@ -288,12 +290,19 @@ def _append(path: str, row: Row) -> None:
 
 
 def run_model(
-    catalog: Catalog, name: str, methods: Sequence[str], *, timeout: float, threads: int, max_gib: float
+    catalog: Catalog,
+    name: str,
+    methods: Sequence[str],
+    *,
+    timeout: float,
+    threads: int,
+    max_gib: float,
+    dynamic_sizes: str = "all",
 ) -> list[Row]:
     """One model in a child process; methods it did not finish in time are rows with the reason."""
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
         cmd = [sys.executable, catalog.script, "--worker", name, "--methods", *methods, "--out", out.name,
-               "--threads", str(threads), "--max-gib", str(max_gib)]  # fmt: skip
+               "--threads", str(threads), "--max-gib", str(max_gib), "--dynamic-sizes", dynamic_sizes]  # fmt: skip
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
         why = ""
@@ -341,6 +350,12 @@ def main(catalog: Catalog, doc: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model, all methods together")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per model process")
     parser.add_argument("--max-gib", type=float, default=16.0, help="memory limit per model process (GiB)")
+    parser.add_argument(
+        "--dynamic-sizes",
+        default="all",
+        choices=("all", "batch", "none"),
+        help="convert(dynamic_sizes=...): which input sizes a torch.export trace keeps dynamic (default: all)",
+    )
     parser.add_argument("--csv", default=catalog.csv)
     parser.add_argument("--md", default=catalog.md)
     parser.add_argument(
@@ -358,7 +373,7 @@ def main(catalog: Catalog, doc: str, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _worker(catalog, args.worker, args.methods, args.out, args.threads, args.max_gib)
+        _worker(catalog, args.worker, args.methods, args.out, args.threads, args.max_gib, args.dynamic_sizes)
         return 0
 
     from benchmarks.coverage_report import markdown, read_csv, write_csv
@@ -385,7 +400,8 @@ def main(catalog: Catalog, doc: str, argv: Sequence[str] | None = None) -> int:
     )
 
     def one(name: str) -> list[Row]:
-        return run_model(catalog, name, args.methods, timeout=args.timeout, threads=args.threads, max_gib=args.max_gib)
+        return run_model(catalog, name, args.methods, timeout=args.timeout, threads=args.threads, max_gib=args.max_gib,
+                         dynamic_sizes=args.dynamic_sizes)  # fmt: skip
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for name, result in zip(todo, pool.map(one, todo)):
