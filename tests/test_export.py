@@ -228,6 +228,21 @@ class ViewThenInplace(nn.Module):
         return self.b(h)
 
 
+def test_export_and_fx_agree_on_parameters_before_each_split_point() -> None:
+    from decouple.compiler.candidates import candidate_splits
+
+    model = ResCNN(channels=4, blocks=2, num_classes=3)
+    x = torch.randn(2, 3, 8, 8)
+    shares = {}
+    for tracer in ("fx", "export"):
+        dm = decouple.convert(model, "scl", ["blocks.0"], (x,), tracer=tracer)
+        points = candidate_splits(dm.program.partitions[True].trace, dm.program.root)
+        shares[tracer] = {c.name: round(c.params_share, 6) for c in points}
+    common = shares["fx"].keys() & shares["export"].keys()
+    assert common and {k: shares["export"][k] for k in common} == {k: shares["fx"][k] for k in common}
+    assert min(shares["export"].values()) < 0.5  # export reads every parameter at the top of its graph
+
+
 @pytest.mark.parametrize("model", [InplaceAfterCut, ViewThenInplace])
 def test_export_inplace_ops_after_a_cut_clone_the_input(model: type[nn.Module]) -> None:
     original = model()

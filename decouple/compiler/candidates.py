@@ -64,15 +64,17 @@ def node_costs(tr: Trace, root: nn.Module, kind: CostKind = "flops") -> list[flo
         kind = "params"  # no FLOP counts (an op without a formula, or a real-tensor fallback)
     if kind != "params":
         raise ConfigError(f"unknown cost {kind!r}; use 'flops' or 'params'")
+    # a get_attr node (how torch.export reads every parameter, all at the top of the graph) counts where
+    # its first reader runs, so that "parameters before a cut" means those used before it
+    position = {n: i for i, n in enumerate(nodes)}
     seen: set[int] = set()
-    costs = []
-    for n in nodes:
-        total = 0
+    costs = [0.0] * len(nodes)
+    for i, n in enumerate(nodes):
+        at = min((position[u] for u in n.users), default=i) if n.op == "get_attr" else i
         for _, p in parameters_read(n, root):
             if id(p) not in seen:
                 seen.add(id(p))
-                total += p.numel()
-        costs.append(float(total))
+                costs[at] += p.numel()
     if sum(costs) == 0:
         return [1.0 if n.op in COMPUTE_OPS else 0.0 for n in nodes]
     return costs
