@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import TraceError
 from .mode_reads import unrecorded
+from .trace import call_key, split_call_key
 
 __all__ = ["both_modes", "split_passes", "has_root_hooks", "is_guards_call"]
 
@@ -252,11 +253,9 @@ def _renumber_calls(node: fx.Node, calls: dict[str, int]) -> None:
     renamed = {}
     for key, value in stack.items():
         qualname = value[0] if isinstance(value, tuple) else str(value)
-        base, at, count = key.rpartition("@")
-        index = int(count) if at and count.isdigit() else 0
-        base = base if at and count.isdigit() else key
+        base, index = split_call_key(key)
         index -= calls.get(qualname, 0)
         if index < 0:
             raise TraceError(f"torch.export numbered the calls of {qualname!r} unexpectedly")
-        renamed[f"{base}@{index}" if index else base] = value
+        renamed[call_key(base, index)] = value
     node.meta["nn_module_stack"] = renamed

@@ -28,6 +28,7 @@ from .attributes import attribute, has_attribute
 from .both_modes import is_guards_call
 from .inputs import InputSpec
 from .pinned_dims import guard_fixed_dims, traced_leaves
+from .trace import call_key, split_call_key
 
 __all__ = ["normalised"]
 
@@ -36,9 +37,6 @@ _METADATA_ASSERTS = {"_assert_tensor_metadata"}
 
 #: nodes whose value a stage computes or receives (not parameters: those belong to one stage)
 _VALUE_OPS = ("placeholder", "call_function", "call_module", "call_method")
-
-#: prefix torch.export puts before module paths in ``nn_module_stack`` keys
-_SCOPE_PREFIXES = ("L__self___", "L__self__")
 
 
 def normalised(
@@ -174,17 +172,8 @@ def _normalise_scopes(graph: fx.Graph, model: nn.Module) -> None:
             qualname = value[0] if isinstance(value, tuple) else str(value)
             if not qualname or qualname not in types:
                 continue  # the root module, or a pseudo-module of export's metadata hooks
-            _, at, count = _strip_prefix(key).rpartition("@")
-            scope = f"{qualname}@{count}" if at and count.isdigit() else qualname
-            scopes[scope] = (qualname, types[qualname])
+            scopes[call_key(qualname, split_call_key(key)[1])] = (qualname, types[qualname])
         node.meta["nn_module_stack"] = scopes
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in _SCOPE_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix) :]
-    return key
 
 
 def _relative_devices(graph: fx.Graph) -> None:

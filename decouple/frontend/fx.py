@@ -23,7 +23,7 @@ from ..errors import ConfigError, TraceError
 from .inputs import InputSpec
 from .mode_reads import original_class, recording_mode_reads
 from .preserve import restore_buffers, save_buffers
-from .trace import Trace
+from .trace import Trace, call_key
 
 __all__ = ["trace_fx", "FxTraceError"]
 
@@ -72,8 +72,9 @@ class _ScopeTracer(fx.Tracer):
         count = self.calls.get(qualname, 0)
         self.calls[qualname] = count + 1
         out = super().call_module(m, forward, args, kwargs)
-        key = qualname if count == 0 else f"{qualname}@{count}"
-        self.module_outputs[key] = [p.node.name for p in pytree.tree_leaves(out) if isinstance(p, fx.Proxy)]
+        self.module_outputs[call_key(qualname, count)] = [
+            p.node.name for p in pytree.tree_leaves(out) if isinstance(p, fx.Proxy)
+        ]
         return out
 
 

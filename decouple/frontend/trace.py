@@ -15,12 +15,23 @@ import torch.fx as fx
 
 from .inputs import InputSpec
 
-__all__ = ["Trace", "TracerName", "DYNAMIC_SIZES"]
+__all__ = ["Trace", "TracerName", "DYNAMIC_SIZES", "call_key", "split_call_key"]
 
 TracerName = Literal["auto", "fx", "export"]
 
 #: which input sizes a torch.export trace keeps dynamic: every dimension, the batch dimension, none
 DYNAMIC_SIZES = ("all", "batch", "none")
+
+
+def call_key(qualname: str, index: int) -> str:
+    """The ``nn_module_stack`` key of a module's ``index``-th call: ``"block"``, then ``"block@1"``, ..."""
+    return f"{qualname}@{index}" if index else qualname
+
+
+def split_call_key(key: str) -> tuple[str, int]:
+    """``(name, index)`` of a call key, the inverse of :func:`call_key` (``"block@1"`` -> ``("block", 1)``)."""
+    base, at, count = key.rpartition("@")
+    return (base, int(count)) if at and count.isdigit() else (key, 0)
 
 
 @dataclass
