@@ -103,12 +103,15 @@ def _flags(model: nn.Module, training: bool) -> Iterator[None]:
             m.__dict__["training"] = flag
 
 
-def split_passes(graph: fx.Graph, out_spec: Any, calls: dict[str, int]) -> dict[bool, tuple[fx.Graph, Any]]:
+def split_passes(
+    graph: fx.Graph, out_spec: Any, calls: dict[str, int], *, second_ran: bool
+) -> dict[bool, tuple[fx.Graph, Any]]:
     """Cut the joint graph of an eval pass and a train pass into one graph (and output spec) per mode.
 
     Nodes before the marker belong to the eval pass; the train pass may read them too (a value one
     pass made and cached on a module), the eval graph never reads the train pass. The train pass's
-    module calls are renumbered as if it ran alone.
+    module calls are renumbered as if it ran alone. When the second pass did not run (``second_ran``
+    false: no module read its mode), both modes get the first pass's graph, one object.
     """
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     flat = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
@@ -119,7 +122,7 @@ def split_passes(graph: fx.Graph, out_spec: Any, calls: dict[str, int]) -> dict[
         raise TraceError("torch.export reordered the outputs of the two training-mode passes")
     nodes = [n for n in graph.nodes if n.op != "output" and not is_guards_call(n)]
     first = nodes[: nodes.index(marker)]
-    if train_leaves == eval_leaves:  # the second pass did not run (no module read its mode): one graph
+    if not second_ran:
         graph_of_both = _subgraph(first, eval_leaves, set())
         return {False: (graph_of_both, eval_spec), True: (graph_of_both, train_spec)}
     _sizes_from_inputs(graph, set(first), nodes[len(first) + 1 :])
@@ -139,11 +142,11 @@ def _sizes_from_inputs(graph: fx.Graph, first: set[fx.Node], second: list[fx.Nod
     ``sym_size(t, 1)`` of an eval-pass tensor ``t``, which would keep the eval pass alive in the
     train graph. Such sizes are rebuilt from the inputs' sizes at the start of the second pass.
     """
+    if not second:
+        return
     symbols: dict[Any, fx.Node] = {}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     rebuilt: dict[fx.Node, fx.Node] = {}
-    if not second:
-        return
     with graph.inserting_before(second[0]):
         for node in second:
             for used in node.all_input_nodes:

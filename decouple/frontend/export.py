@@ -76,7 +76,7 @@ def trace_export_modes(
 
     With one mode, the model is exported as it is (the caller set its mode). With both, ``forward``
     runs in eval mode, then in train mode, inside one export, and the joint graph is cut in two; when
-    no module read its training flag, the train graph serves both modes. ``inputs`` describes the
+    the first pass read no module's training flag, the second does not run and its graph serves both. ``inputs`` describes the
     first mode's graph; other modes get a fresh copy.
     """
     named = _named_inputs(inputs, args, kwargs)
@@ -90,12 +90,10 @@ def trace_export_modes(
     if len(wanted) == 1:
         graphs = {wanted[0]: (gm.graph, out_spec)}
     else:
-        try:
-            graphs = split_passes(gm.graph, out_spec, calls)
+        try:  # the second pass ran when the first read some module's mode (``both_modes``)
+            graphs = split_passes(gm.graph, out_spec, calls, second_ran=bool(readers))
         except TraceError:  # the passes share what cannot be cut apart: one export per mode
             return _per_mode(model, args, kwargs, inputs, modes, known_pins, dynamic_sizes)
-        if not readers:  # no module read its mode: both passes traced the same graph
-            graphs = dict.fromkeys(wanted, graphs[True])
     traces: dict[bool, Trace] = {}
     built: dict[int, Trace] = {}
     for mode in modes:

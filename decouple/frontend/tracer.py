@@ -126,18 +126,13 @@ def trace_modes(
         model, args, kwargs, tracer, list(leaf_modules), modes, autowrap_functions, pins, dynamic_sizes
     )
     for mode in rest:
-        if mode in traces:
-            if traces[mode] is not traces[first] and traces[mode].graph_module.code == traces[first].graph_module.code:
-                traces[mode] = traces[first]
-            continue
-        if traces[first].mode_readers == set():  # no module read its training flag: the same graph
-            traces[mode] = traces[first]
-            continue
-        other = trace(
-            model, args, kwargs, training=mode, tracer=frontend, leaf_modules=leaves,
-            autowrap_functions=autowrap_functions, known_pins=pins, dynamic_sizes=dynamic_sizes,
-        )  # fmt: skip
-        traces[mode] = traces[first] if other.graph_module.code == traces[first].graph_module.code else other
+        if mode not in traces:  # fx: trace again only when some module read its training flag
+            traces[mode] = traces[first] if traces[first].mode_readers == set() else trace(
+                model, args, kwargs, training=mode, tracer=frontend, leaf_modules=leaves,
+                autowrap_functions=autowrap_functions, known_pins=pins, dynamic_sizes=dynamic_sizes,
+            )  # fmt: skip
+        if traces[mode].graph_module.code == traces[first].graph_module.code:
+            traces[mode] = traces[first]  # the same code: one trace serves both
     for tr in {id(t): t for t in traces.values()}.values():
         propagate(tr, tr.inputs.bind(args, kwargs))
     return traces
