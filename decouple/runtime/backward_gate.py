@@ -17,9 +17,10 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError
 from .devices import Streams
 
-__all__ = ["BackwardGate", "BackwardSlots", "slots_for", "AUTO_CPU_SLOTS"]
+__all__ = ["BackwardGate", "BackwardSlots", "check_slots", "slots_for", "AUTO_CPU_SLOTS"]
 
 
 class BackwardGate:
@@ -32,7 +33,6 @@ class BackwardGate:
     """
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots
         self._semaphore = threading.BoundedSemaphore(slots)
 
     @contextmanager
@@ -50,6 +50,17 @@ BackwardSlots = int | None | Literal["auto"]
 
 #: ``backward_slots="auto"`` on a CPU: two stages in backward at once
 AUTO_CPU_SLOTS = 2
+
+
+def check_slots(backward_slots: object) -> None:
+    """Raise a ConfigError naming the accepted values unless ``backward_slots`` is one of them."""
+    if backward_slots is None or backward_slots == "auto":
+        return
+    if isinstance(backward_slots, bool) or not isinstance(backward_slots, int) or backward_slots < 1:
+        raise ConfigError(
+            f"backward_slots must be an int >= 1 (stages of one device in their backward pass at once), None "
+            f"(no limit) or 'auto' (2 per CPU, no limit on GPUs), got {backward_slots!r}"
+        )
 
 
 def slots_for(backward_slots: BackwardSlots, device: torch.device | str) -> int | None:

@@ -38,7 +38,7 @@ import torch
 
 from ..codegen.stage import Stage
 from ..errors import ConfigError, StageError
-from .backward_gate import BackwardGate, BackwardSlots, slots_for
+from .backward_gate import BackwardGate, BackwardSlots, check_slots, slots_for
 from .channel import FLUSH, STOP, Channel, Marker, serve
 from .config import TrainingConfig
 from .devices import (
@@ -187,13 +187,7 @@ class Pipeline:
     ) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be an int >= 1 (batches each queue holds), got {depth!r}")
-        if not (backward_slots is None or backward_slots == "auto") and (
-            isinstance(backward_slots, bool) or not isinstance(backward_slots, int) or backward_slots < 1
-        ):
-            raise ConfigError(
-                f"backward_slots must be an int >= 1 (stages of one device in their backward pass at once), None "
-                f"(no limit) or 'auto' (2 per CPU, no limit on GPUs), got {backward_slots!r}"
-            )
+        check_slots(backward_slots)
         self.backward_slots = backward_slots
         self.stages = list(stages)
         self.config = config or TrainingConfig()
